@@ -1,0 +1,99 @@
+"""workermatch: decide which worker record a compute worker's request belongs to.
+
+Identity signals are weak (a public IP that VPNs and NAT change or share, a hostname that only
+some requests carry, timing, which record holds a running assignment).  workermatch resolves
+each request to one worker record, or decides that a new one must be made, and explains why.
+
+The core is pure: :func:`match_worker` and :func:`plan` read through a
+:class:`WorkerRepository` and write nothing; :func:`apply_event` decides and writes in one
+atomic step.
+"""
+
+from __future__ import annotations
+
+from ._engine import NEW_WORKER, Outcome, apply_event, plan, sweep
+from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput, StorageError, WorkermatchError
+from ._memory import InMemoryWorkerRepository, sequential_ids
+from ._model import (
+    Assignment,
+    AssignmentStatus,
+    Event,
+    EventKind,
+    Identity,
+    Worker,
+    WorkerStatus,
+    normalize_hostname,
+    normalize_ip,
+    normalize_time,
+)
+from ._policy import (
+    DEFAULT_POLICY,
+    LEGACY_POLICY,
+    NOTE_POLICY,
+    POLICIES,
+    Criterion,
+    OnAmbiguous,
+    OrphanCondition,
+    Policy,
+    Rule,
+    get_policy,
+)
+from ._protocol import (
+    InsertAssignment,
+    InsertWorker,
+    UpdateAssignment,
+    UpdateWorker,
+    WorkerRepository,
+    Write,
+)
+from ._rules import RULES, Candidate, Decision, RuleReport, Verdict, match_worker
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "LEGACY_POLICY",
+    "NEW_WORKER",
+    "NOTE_POLICY",
+    "POLICIES",
+    "RULES",
+    "AmbiguousMatch",
+    "Assignment",
+    "AssignmentStatus",
+    "Candidate",
+    "ClaimRefused",
+    "Criterion",
+    "Decision",
+    "Event",
+    "EventKind",
+    "Identity",
+    "InMemoryWorkerRepository",
+    "InsertAssignment",
+    "InsertWorker",
+    "InvalidInput",
+    "OnAmbiguous",
+    "OrphanCondition",
+    "Outcome",
+    "Policy",
+    "Rule",
+    "RuleReport",
+    "StorageError",
+    "UpdateAssignment",
+    "UpdateWorker",
+    "Verdict",
+    "Worker",
+    "WorkerRepository",
+    "WorkerStatus",
+    "WorkermatchError",
+    "Write",
+    "__version__",
+    "apply_event",
+    "get_policy",
+    "match_worker",
+    "normalize_hostname",
+    "normalize_ip",
+    "normalize_time",
+    "plan",
+    "sequential_ids",
+    "sweep",
+]

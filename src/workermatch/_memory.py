@@ -1,0 +1,261 @@
+"""The in-memory reference repository: thread-safe, indexed, and assumed to be right.
+
+Every query is served from an index (by IP, by hostname, by creation time, by holder), so the
+cost of one decision depends on how many workers share the request's IP or hostname, or were
+created within the orphan window, never on the size of the fleet.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from ._errors import StorageError
+from ._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from ._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+
+__all__ = ["InMemoryWorkerRepository", "sequential_ids"]
+
+T = TypeVar("T")
+
+
+def sequential_ids(prefix: str = "w", start: int = 1) -> Callable[[], str]:
+    """An id factory returning ``w1``, ``w2``, ... (thread-safe).  Replays use it."""
+    lock = threading.Lock()
+    counter = iter(range(start, 2**63))
+
+    def next_id() -> str:
+        with lock:
+            return f"{prefix}{next(counter)}"
+
+    return next_id
+
+
+def _uuid_ids() -> str:
+    return str(uuid.uuid4())
+
+
+class InMemoryWorkerRepository:
+    """A :class:`~workermatch.WorkerRepository` in process memory.
+
+    ``id_factory`` makes new worker ids (default: random UUIDs, as the real system uses).
+    All methods are safe to call from several threads; :meth:`atomically` serialises whole
+    decisions with a re-entrant lock, and undoes the writes of a function that raises.
+    """
+
+    def __init__(self, *, id_factory: Callable[[], str] | None = None) -> None:
+        self._id_factory = id_factory or _uuid_ids
+        self._lock = threading.RLock()
+        self._workers: dict[str, Worker] = {}
+        self._assignments: dict[str, Assignment] = {}
+        self._by_ip: dict[str, set[str]] = {}
+        self._by_hostname: dict[str, set[str]] = {}
+        self._by_holder: dict[str, set[str]] = {}
+        # (created_at, id) of every worker, sorted: serves "created since" by bisection.
+        self._by_created: list[tuple[datetime, str]] = []
+        # Undo journal of the innermost atomically() call, or None outside one.
+        self._journal: list[Callable[[], None]] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<InMemoryWorkerRepository workers={len(self._workers)} "
+            f"assignments={len(self._assignments)}>"
+        )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get_worker(self, worker_id: str) -> Worker | None:
+        with self._lock:
+            return self._workers.get(worker_id)
+
+    def get_assignment(self, assignment_id: str) -> Assignment | None:
+        with self._lock:
+            return self._assignments.get(assignment_id)
+
+    def _live(self, ids: Iterable[str], seen_since: datetime) -> list[Worker]:
+        out = []
+        for wid in ids:
+            w = self._workers[wid]
+            if not w.stale and w.merged_into is None and w.last_seen >= seen_since:
+                out.append(w)
+        return out
+
+    def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
+        with self._lock:
+            return self._live(self._by_ip.get(ip, ()), seen_since)
+
+    def live_workers_by_hostname(self, hostname: str, seen_since: datetime) -> Sequence[Worker]:
+        with self._lock:
+            return self._live(self._by_hostname.get(hostname, ()), seen_since)
+
+    def recent_running_workers(
+        self, created_since: datetime, seen_since: datetime
+    ) -> Sequence[Worker]:
+        with self._lock:
+            start = bisect.bisect_left(self._by_created, (created_since, ""))
+            ids = (wid for _, wid in self._by_created[start:])
+            return [w for w in self._live(ids, seen_since) if w.status is WorkerStatus.RUNNING]
+
+    def stale_running_workers(
+        self, ip: str, hostname: str | None, seen_before: datetime
+    ) -> Sequence[Worker]:
+        with self._lock:
+            ids = set(self._by_ip.get(ip, ()))
+            if hostname is not None:
+                ids |= self._by_hostname.get(hostname, set())
+            out = []
+            for wid in ids:
+                w = self._workers[wid]
+                if (
+                    w.merged_into is None
+                    and w.status is WorkerStatus.RUNNING
+                    and (w.stale or w.last_seen < seen_before)
+                ):
+                    out.append(w)
+            return out
+
+    def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
+        with self._lock:
+            out = []
+            for wid in worker_ids:
+                for aid in self._by_holder.get(wid, ()):
+                    a = self._assignments[aid]
+                    if a.status is AssignmentStatus.RUNNING:
+                        out.append(a)
+            return out
+
+    def unflagged_workers_seen_before(self, seen_before: datetime) -> Sequence[Worker]:
+        with self._lock:
+            return [w for w in self._workers.values() if not w.stale and w.last_seen < seen_before]
+
+    def all_workers(self) -> Sequence[Worker]:
+        with self._lock:
+            return list(self._workers.values())
+
+    def all_assignments(self) -> Sequence[Assignment]:
+        with self._lock:
+            return list(self._assignments.values())
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self.all_workers())
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def new_worker_id(self) -> str:
+        return self._id_factory()
+
+    def write(self, writes: Iterable[Write]) -> None:
+        ops = list(writes)
+        with self._lock:
+            self._validate(ops)
+            for op in ops:
+                self._apply(op)
+
+    def atomically(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            outer = self._journal
+            journal: list[Callable[[], None]] = []
+            self._journal = journal
+            try:
+                result = fn()
+            except BaseException:
+                for undo in reversed(journal):
+                    undo()
+                raise
+            finally:
+                self._journal = outer
+            if outer is not None:
+                outer.extend(journal)
+            return result
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _validate(self, ops: list[Write]) -> None:
+        workers = set(self._workers)
+        assignments = set(self._assignments)
+        for op in ops:
+            if isinstance(op, InsertWorker):
+                if op.worker.id in workers:
+                    raise StorageError(f"worker {op.worker.id!r} already exists")
+                workers.add(op.worker.id)
+            elif isinstance(op, UpdateWorker):
+                if op.worker.id not in workers:
+                    raise StorageError(f"worker {op.worker.id!r} does not exist")
+            elif isinstance(op, InsertAssignment):
+                if op.assignment.id in assignments:
+                    raise StorageError(f"assignment {op.assignment.id!r} already exists")
+                assignments.add(op.assignment.id)
+            elif isinstance(op, UpdateAssignment):
+                if op.assignment.id not in assignments:
+                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
+            else:  # pragma: no cover - guarded by the type checker
+                raise StorageError(f"unknown write operation {op!r}")
+            if isinstance(op, (InsertAssignment, UpdateAssignment)):
+                holder = op.assignment.worker_id
+                if holder is not None and holder not in workers:
+                    raise StorageError(
+                        f"assignment {op.assignment.id!r} names unknown worker {holder!r}"
+                    )
+
+    def _apply(self, op: Write) -> None:
+        if isinstance(op, (InsertWorker, UpdateWorker)):
+            self._put_worker(op.worker)
+        else:
+            self._put_assignment(op.assignment)
+
+    def _put_worker(self, new: Worker) -> None:
+        old = self._workers.get(new.id)
+        self._index_worker(old, new)
+        if self._journal is not None:
+            self._journal.append(lambda: self._index_worker(new, old))
+
+    def _index_worker(self, old: Worker | None, new: Worker | None) -> None:
+        wid = (new or old).id  # type: ignore[union-attr]
+        if old is not None:
+            _discard(self._by_ip, old.ip, wid)
+            if old.hostname is not None:
+                _discard(self._by_hostname, old.hostname, wid)
+            if new is None or new.created_at != old.created_at:
+                i = bisect.bisect_left(self._by_created, (old.created_at, wid))
+                del self._by_created[i]
+        if new is None:
+            del self._workers[wid]
+            return
+        self._workers[wid] = new
+        self._by_ip.setdefault(new.ip, set()).add(wid)
+        if new.hostname is not None:
+            self._by_hostname.setdefault(new.hostname, set()).add(wid)
+        if old is None or new.created_at != old.created_at:
+            bisect.insort(self._by_created, (new.created_at, wid))
+
+    def _put_assignment(self, new: Assignment) -> None:
+        old = self._assignments.get(new.id)
+        self._index_assignment(old, new)
+        if self._journal is not None:
+            self._journal.append(lambda: self._index_assignment(new, old))
+
+    def _index_assignment(self, old: Assignment | None, new: Assignment | None) -> None:
+        aid = (new or old).id  # type: ignore[union-attr]
+        if old is not None and old.worker_id is not None:
+            _discard(self._by_holder, old.worker_id, aid)
+        if new is None:
+            del self._assignments[aid]
+            return
+        self._assignments[aid] = new
+        if new.worker_id is not None:
+            self._by_holder.setdefault(new.worker_id, set()).add(aid)
+
+
+def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.discard(value)
+        if not bucket:
+            del index[key]

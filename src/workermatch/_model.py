@@ -1,0 +1,446 @@
+"""Value types: what a request says, and what the store holds.
+
+Every type here is frozen, keyword-only and validating: a value that exists is a valid value.
+Inputs are normalised on construction (IP addresses to canonical form, hostnames to lower case
+without a trailing dot, datetimes to UTC at millisecond resolution), so two spellings of the
+same machine compare equal.  Invalid input raises :class:`~workermatch.InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from datetime import datetime, timedelta, timezone
+from typing import TypeVar
+
+import attrs
+
+from ._errors import InvalidInput
+
+__all__ = [
+    "MAX_HOSTNAME_LENGTH",
+    "MAX_ID_LENGTH",
+    "Assignment",
+    "AssignmentStatus",
+    "Event",
+    "EventKind",
+    "Identity",
+    "Worker",
+    "WorkerStatus",
+    "normalize_hostname",
+    "normalize_ip",
+    "normalize_time",
+]
+
+#: The longest hostname accepted (RFC 1035's limit for a full domain name, without the dot).
+MAX_HOSTNAME_LENGTH = 253
+#: The longest worker or assignment id accepted.
+MAX_ID_LENGTH = 255
+
+_UTC = timezone.utc
+E = TypeVar("E", bound=enum.Enum)
+
+
+class EventKind(str, enum.Enum):
+    """The kind of request a worker sends."""
+
+    CLAIM = "claim"
+    """Take an assignment.  The real client sends no hostname with it."""
+    HEARTBEAT = "heartbeat"
+    """Periodic liveness (every 30 s); the only request of the real client with a hostname."""
+    GUI_UPDATE = "gui_update"
+    """Progress and log messages, many per second; ``finished``/``fatal_error`` end a session."""
+    REGISTER = "register"
+    """A plain registration."""
+
+    def __repr__(self) -> str:
+        return f"EventKind.{self.name}"
+
+
+class WorkerStatus(str, enum.Enum):
+    """A worker's status, as the real system's dashboard shows it."""
+
+    IDLE = "IDLE"
+    RUNNING = "RUNNING"
+    ERROR = "ERROR"
+    OFFLINE = "OFFLINE"
+
+    def __repr__(self) -> str:
+        return f"WorkerStatus.{self.name}"
+
+
+class AssignmentStatus(str, enum.Enum):
+    """An assignment's status."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the assignment has ended (completed, failed or cancelled)."""
+        return self in _FINAL_ASSIGNMENT_STATES
+
+    def __repr__(self) -> str:
+        return f"AssignmentStatus.{self.name}"
+
+
+_FINAL_ASSIGNMENT_STATES = frozenset(
+    {AssignmentStatus.COMPLETED, AssignmentStatus.FAILED, AssignmentStatus.CANCELLED}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisers.  Each returns the canonical form or raises InvalidInput naming the field.
+
+
+def normalize_ip(value: object, *, field: str = "ip") -> str:
+    """Return the canonical text of an IPv4 or IPv6 address.
+
+    IPv6 is compressed and lower-cased (``2001:DB8:0::1`` becomes ``2001:db8::1``); an
+    IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) becomes the IPv4 address it maps, since a
+    dual-stack server sees one machine under both spellings.  Brackets (``[::1]``) are accepted.
+    """
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = value
+    elif isinstance(value, str):
+        text = value
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        if not text or text != text.strip():
+            raise InvalidInput(f"{field} {value!r} is not an IP address", field=field, value=value)
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise InvalidInput(
+                f"{field} {value!r} is not an IPv4 or IPv6 address", field=field, value=value
+            ) from None
+    else:
+        raise InvalidInput(
+            f"{field} must be a string, not {type(value).__name__}", field=field, value=value
+        )
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+def normalize_hostname(value: object, *, field: str = "hostname") -> str | None:
+    """Return a hostname in canonical form: lower case, no trailing dot; ``None`` stays ``None``.
+
+    Rejected: an empty name, one longer than :data:`MAX_HOSTNAME_LENGTH`, an empty label
+    (``a..b``), a label longer than 63 characters, white space or control characters.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"{field} must be a string or None, not {type(value).__name__}",
+            field=field,
+            value=value,
+        )
+    text = value[:-1] if value.endswith(".") else value
+    if not text:
+        raise InvalidInput(f"{field} must not be empty", field=field, value=value)
+    if len(text) > MAX_HOSTNAME_LENGTH:
+        raise InvalidInput(
+            f"{field} is {len(text)} characters long; at most {MAX_HOSTNAME_LENGTH} are allowed",
+            field=field,
+            value=value,
+        )
+    for ch in text:
+        if ch.isspace() or not ch.isprintable():
+            raise InvalidInput(
+                f"{field} {value!r} contains white space or a control character",
+                field=field,
+                value=value,
+            )
+    labels = text.split(".")
+    if any(not label for label in labels):
+        raise InvalidInput(f"{field} {value!r} has an empty label", field=field, value=value)
+    if any(len(label) > 63 for label in labels):
+        raise InvalidInput(
+            f"{field} {value!r} has a label longer than 63 characters", field=field, value=value
+        )
+    return text.lower()
+
+
+def normalize_time(value: object, *, field: str = "now") -> datetime:
+    """Return an aware datetime in UTC, truncated to whole milliseconds.
+
+    Naive datetimes are rejected: the library cannot guess which clock they were read from.
+    Millisecond resolution is the coarsest of the supported stores (the real system's
+    ``timestamp(3)`` columns), so every store sees the same instants.
+    """
+    if not isinstance(value, datetime):
+        raise InvalidInput(
+            f"{field} must be a datetime, not {type(value).__name__}", field=field, value=value
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(
+            f"{field} is a naive datetime ({value.isoformat()}); pass an aware one, "
+            "for example datetime.now(timezone.utc)",
+            field=field,
+            value=value,
+        )
+    utc = value.astimezone(_UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def _check_id(value: object, field: str, *, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"{field} must be a string, not {type(value).__name__}", field=field, value=value
+        )
+    if not value or len(value) > MAX_ID_LENGTH or value != value.strip():
+        raise InvalidInput(
+            f"{field} {value!r} must be 1 to {MAX_ID_LENGTH} characters without surrounding "
+            "white space",
+            field=field,
+            value=value,
+        )
+    return value
+
+
+def _enum_value(cls: type[E], value: object, field: str) -> E:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise InvalidInput(
+            f"{field} {value!r} is not one of {allowed}", field=field, value=value
+        ) from None
+
+
+# Named converters (the attrs mypy plugin needs named functions).
+
+
+def _c_id(value: object) -> str:
+    result = _check_id(value, "id", optional=False)
+    assert result is not None
+    return result
+
+
+def _c_worker_id(value: object) -> str | None:
+    return _check_id(value, "worker_id", optional=True)
+
+
+def _c_assignment_id(value: object) -> str | None:
+    return _check_id(value, "assignment_id", optional=True)
+
+
+def _c_merged_into(value: object) -> str | None:
+    return _check_id(value, "merged_into", optional=True)
+
+
+def _c_created_at(value: object) -> datetime:
+    return normalize_time(value, field="created_at")
+
+
+def _c_last_seen(value: object) -> datetime:
+    return normalize_time(value, field="last_seen")
+
+
+def _c_started_at(value: object) -> datetime | None:
+    return None if value is None else normalize_time(value, field="started_at")
+
+
+def _c_ended_at(value: object) -> datetime | None:
+    return None if value is None else normalize_time(value, field="ended_at")
+
+
+def _c_kind(value: object) -> EventKind:
+    return _enum_value(EventKind, value, "kind")
+
+
+def _c_worker_status(value: object) -> WorkerStatus:
+    return _enum_value(WorkerStatus, value, "status")
+
+
+def _c_assignment_status(value: object) -> AssignmentStatus:
+    return _enum_value(AssignmentStatus, value, "status")
+
+
+def _c_stale(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput("stale must be a bool", field="stale", value=value)
+    return value
+
+
+def _c_ip(value: object) -> str:
+    return normalize_ip(value)
+
+
+def _c_hostname(value: object) -> str | None:
+    return normalize_hostname(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+@attrs.frozen(kw_only=True)
+class Identity:
+    """What one request tells the server about who sent it.
+
+    ``ip`` is always present: the public address the request came from.  ``hostname`` is sent by
+    some requests only (the real client's heartbeats).  ``worker_id`` and ``assignment_id`` are
+    strong hints that newer clients can carry: a worker id that an earlier response handed out,
+    and the assignment the client is working on.
+    """
+
+    ip: str = attrs.field(converter=_c_ip)
+    hostname: str | None = attrs.field(default=None, converter=_c_hostname)
+    worker_id: str | None = attrs.field(default=None, converter=_c_worker_id)
+    assignment_id: str | None = attrs.field(default=None, converter=_c_assignment_id)
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """One request: its kind, who sent it, and what it carries.
+
+    ``assignment_id`` is the assignment a ``claim`` takes (required for claims, refused on
+    other kinds: their assignment hint belongs in :attr:`Identity.assignment_id`).
+    ``message`` is read on ``gui_update`` only: ``"finished"`` completes the worker's running
+    assignment, ``"fatal_error"`` fails it; any other value is a plain update.
+    """
+
+    kind: EventKind = attrs.field(converter=_c_kind)
+    identity: Identity = attrs.field()
+    assignment_id: str | None = attrs.field(default=None, converter=_c_assignment_id)
+    message: str | None = attrs.field(default=None)
+
+    @identity.validator
+    def _check_identity(self, _: object, value: object) -> None:
+        if not isinstance(value, Identity):
+            raise InvalidInput(
+                f"identity must be an Identity, not {type(value).__name__}",
+                field="identity",
+                value=value,
+            )
+
+    @message.validator
+    def _check_message(self, _: object, value: object) -> None:
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput("message must be a string or None", field="message", value=value)
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind is EventKind.CLAIM and self.assignment_id is None:
+            raise InvalidInput(
+                "a claim must name the assignment it takes", field="assignment_id", value=None
+            )
+        if self.kind is not EventKind.CLAIM and self.assignment_id is not None:
+            raise InvalidInput(
+                f"only a claim takes an assignment; pass the {self.kind.value}'s assignment as "
+                "the hint Identity(assignment_id=...)",
+                field="assignment_id",
+                value=self.assignment_id,
+            )
+
+    @classmethod
+    def claim(
+        cls,
+        ip: str,
+        assignment_id: str,
+        *,
+        hostname: str | None = None,
+        worker_id: str | None = None,
+    ) -> Event:
+        """A claim of ``assignment_id`` from ``ip``."""
+        return cls(
+            kind=EventKind.CLAIM,
+            identity=Identity(ip=ip, hostname=hostname, worker_id=worker_id),
+            assignment_id=assignment_id,
+        )
+
+    @classmethod
+    def heartbeat(
+        cls,
+        ip: str,
+        *,
+        hostname: str | None = None,
+        worker_id: str | None = None,
+        assignment_id: str | None = None,
+    ) -> Event:
+        """A heartbeat from ``ip``."""
+        return cls(
+            kind=EventKind.HEARTBEAT,
+            identity=Identity(
+                ip=ip, hostname=hostname, worker_id=worker_id, assignment_id=assignment_id
+            ),
+        )
+
+    @classmethod
+    def gui_update(
+        cls,
+        ip: str,
+        message: str | None = None,
+        *,
+        hostname: str | None = None,
+        worker_id: str | None = None,
+        assignment_id: str | None = None,
+    ) -> Event:
+        """A GUI update from ``ip``; ``message`` may be ``"finished"`` or ``"fatal_error"``."""
+        return cls(
+            kind=EventKind.GUI_UPDATE,
+            identity=Identity(
+                ip=ip, hostname=hostname, worker_id=worker_id, assignment_id=assignment_id
+            ),
+            message=message,
+        )
+
+    @classmethod
+    def register(cls, ip: str, *, hostname: str | None = None) -> Event:
+        """A plain registration from ``ip``."""
+        return cls(kind=EventKind.REGISTER, identity=Identity(ip=ip, hostname=hostname))
+
+
+@attrs.frozen(kw_only=True)
+class Worker:
+    """A worker record: one session of one machine.
+
+    ``stale`` is the *persisted* flag that a sweep writes for dashboards; whether a worker is
+    stale for a decision is :meth:`is_stale_at`, which also looks at ``last_seen``.
+    ``assignment_id`` is the assignment of this worker's session (kept after it ends, as
+    history); which assignments a worker *holds* is on the assignments.  ``ended_at`` is when
+    its session ended (``finished`` or ``fatal_error``).  ``merged_into`` points at the worker
+    this duplicate was merged into, if any.
+    """
+
+    id: str = attrs.field(converter=_c_id)
+    ip: str = attrs.field(converter=_c_ip)
+    hostname: str | None = attrs.field(default=None, converter=_c_hostname)
+    created_at: datetime = attrs.field(converter=_c_created_at)
+    last_seen: datetime = attrs.field(converter=_c_last_seen)
+    status: WorkerStatus = attrs.field(default=WorkerStatus.IDLE, converter=_c_worker_status)
+    stale: bool = attrs.field(default=False, converter=_c_stale)
+    assignment_id: str | None = attrs.field(default=None, converter=_c_assignment_id)
+    ended_at: datetime | None = attrs.field(default=None, converter=_c_ended_at)
+    merged_into: str | None = attrs.field(default=None, converter=_c_merged_into)
+
+    def is_stale_at(self, now: datetime, stale_after: timedelta) -> bool:
+        """Whether the worker is stale at ``now``: flagged, merged, or silent past ``stale_after``.
+
+        A ``last_seen`` after ``now`` (clock skew between server processes) counts as age zero.
+        """
+        if self.stale or self.merged_into is not None:
+            return True
+        return now - self.last_seen > stale_after
+
+
+@attrs.frozen(kw_only=True)
+class Assignment:
+    """A unit of work, held by at most one worker."""
+
+    id: str = attrs.field(converter=_c_id)
+    status: AssignmentStatus = attrs.field(
+        default=AssignmentStatus.PENDING, converter=_c_assignment_status
+    )
+    worker_id: str | None = attrs.field(default=None, converter=_c_worker_id)
+    started_at: datetime | None = attrs.field(default=None, converter=_c_started_at)
+    ended_at: datetime | None = attrs.field(default=None, converter=_c_ended_at)

@@ -1,0 +1,43 @@
+"""Shared test configuration.
+
+Hypothesis profiles: ``dev`` (default, quick) and ``ci`` (a few hundred examples per property),
+selected with the ``HYPOTHESIS_PROFILE`` environment variable.
+
+Server tests read their URLs from ``WORKERMATCH_TEST_POSTGRESQL_URL`` and
+``WORKERMATCH_TEST_MYSQL_URL`` and skip, with a visible reason, when they are absent.  With
+``WORKERMATCH_REQUIRE_SERVERS=1`` (set by ``.ci/run``) such a skip is a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+SERVER_SKIP_MARKER = "needs a database server"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        os.environ.get("WORKERMATCH_REQUIRE_SERVERS") == "1"
+        and report.skipped
+        and SERVER_SKIP_MARKER in str(report.longrepr)
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid}: skipped for a missing server, but WORKERMATCH_REQUIRE_SERVERS=1 "
+            f"forbids that: {report.longrepr}"
+        )
