@@ -263,14 +263,18 @@ def _plan_other(
         worker = _touch(decision.worker, event, now, policy)
         created = False
 
-    held = [
-        *([] if created else repo.running_assignments_of([worker.id])),
-        *transferred,
-    ]
     ended: list[str] = []
     end_updates: list[Write] = []
     if event.kind is EventKind.GUI_UPDATE and event.message in (FINISHED, FATAL_ERROR):
-        final = AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
+        # Only a session end needs the assignments the worker holds: the hot path (a plain
+        # update matched by exact IP) reads nothing more than its candidates.
+        held = [
+            *([] if created else repo.running_assignments_of([worker.id])),
+            *transferred,
+        ]
+        final = (
+            AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
+        )
         for a in sorted(held, key=lambda a: a.id):
             end_updates.append(
                 UpdateAssignment(
@@ -278,7 +282,6 @@ def _plan_other(
                 )
             )
             ended.append(a.id)
-        held = []
         status = WorkerStatus.IDLE if event.message == FINISHED else WorkerStatus.ERROR
         worker = attrs.evolve(worker, status=status, ended_at=worker.ended_at or now)
 
