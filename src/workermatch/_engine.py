@@ -272,9 +272,7 @@ def _plan_other(
             *([] if created else repo.running_assignments_of([worker.id])),
             *transferred,
         ]
-        final = (
-            AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
-        )
+        final = AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
         for a in sorted(held, key=lambda a: a.id):
             end_updates.append(
                 UpdateAssignment(
