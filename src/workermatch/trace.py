@@ -1,0 +1,448 @@
+"""Traces: requests as a server saw them, as JSON Lines, and their replay.
+
+A trace is a language-neutral record of requests in arrival order, one JSON object a line
+(``docs/trace-format.md`` describes the format and every choice this module makes).  This module
+reads traces (:func:`parse_trace`), writes them (:func:`record_to_dict`, :func:`dump_record`),
+replays them against any :class:`~workermatch.WorkerRepository` (:func:`replay`) and prints the
+store's state afterwards (:func:`final_state`), exactly as ``workermatch replay`` does::
+
+    repo = workermatch.InMemoryWorkerRepository(id_factory=workermatch.sequential_ids())
+    with open("trace.jsonl", encoding="utf-8") as f:
+        for line in replay(parse_trace(f), repo, workermatch.DEFAULT_POLICY):
+            print(dump_json(line.to_dict()))
+
+Everything here is deterministic: the same trace, policy and (empty) store give the same text,
+whatever store it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from ._engine import Outcome, apply_event
+from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput
+from ._model import Event, EventKind, Identity, normalize_time
+from ._policy import Policy, Rule
+from ._protocol import WorkerRepository
+from ._rules import Decision, run_chain
+
+__all__ = [
+    "MAX_SKEW",
+    "REQUIRED_KEYS",
+    "TRACE_KEYS",
+    "ReplayLine",
+    "TraceError",
+    "TraceRecord",
+    "dump_json",
+    "dump_record",
+    "final_state",
+    "format_time",
+    "parse_time",
+    "parse_trace",
+    "record_to_dict",
+    "replay",
+]
+
+#: Every key a trace line may carry, in the order :func:`record_to_dict` writes them.
+TRACE_KEYS = ("at", "kind", "ip", "hostname", "assignment", "worker_id", "message", "truth")
+#: The keys every trace line must carry (a claim must also carry ``assignment``).
+REQUIRED_KEYS = ("at", "kind", "ip")
+#: How far a line's ``at`` may lie before the latest ``at`` of the lines above it (clock skew
+#: between several server processes that wrote one log).  Further back is a :class:`TraceError`.
+MAX_SKEW = timedelta(seconds=5)
+
+_UTC = timezone.utc
+
+# RFC 3339 date-time: full date, "T" (or "t" or a space, which RFC 3339 allows), full time with
+# optional fraction, and a mandatory offset ("Z" or +hh:mm / -hh:mm).
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?")
+
+
+class TraceError(InvalidInput):
+    """A trace line breaks the format; ``line`` is its 1-based number.
+
+    The message starts with ``line N:`` and names the problem, so it can be printed as is.
+    Nothing from this line on is applied by :func:`replay`.
+    """
+
+    def __init__(
+        self, message: str, *, line: int, field: str | None = None, value: object = None
+    ) -> None:
+        super().__init__(f"line {line}: {message}", field=field, value=value)
+        self.line = line
+
+
+def parse_time(text: object, *, field: str = "at") -> datetime:
+    """Parse an RFC 3339 time with a UTC offset into an aware UTC datetime (millisecond
+    resolution, the library's).  Raises :class:`~workermatch.InvalidInput` otherwise."""
+    if not isinstance(text, str):
+        raise InvalidInput(
+            f"{field} must be an RFC 3339 time string, not {_json_type(text)}",
+            field=field,
+            value=text,
+        )
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        if _NAIVE.fullmatch(text):
+            raise InvalidInput(
+                f"{field} {text!r} has no UTC offset; write it as {text}Z (UTC) or with +hh:mm",
+                field=field,
+                value=text,
+            )
+        raise InvalidInput(
+            f"{field} {text!r} is not an RFC 3339 time such as 2025-11-06T10:00:21.4Z",
+            field=field,
+            value=text,
+        )
+    year, month, day, hour, minute, second, frac, z, sign, oh, om = m.groups()
+    if z:
+        tz = _UTC
+    else:
+        if int(oh) > 23 or int(om) > 59:
+            raise InvalidInput(f"{field} {text!r} has an invalid UTC offset", field=field)
+        offset = timedelta(hours=int(oh), minutes=int(om))
+        tz = timezone(-offset if sign == "-" else offset)
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    try:
+        value = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {text!r} is not a valid time: {exc}", field=field) from None
+    return normalize_time(value, field=field)
+
+
+def format_time(value: datetime) -> str:
+    """Write a time as traces do: UTC, ``Z``, milliseconds only when not zero
+    (``2025-11-06T10:00:21Z``, ``2025-11-06T10:00:21.400Z``)."""
+    t = normalize_time(value, field="at")
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if t.microsecond:
+        text += f".{t.microsecond // 1000:03d}"
+    return text + "Z"
+
+
+@attrs.frozen(kw_only=True)
+class TraceRecord:
+    """One request of a trace: its line number, its time, the event, and the ground truth."""
+
+    line: int
+    at: datetime
+    event: Event
+    truth: Mapping[str, Any] | None = None
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__  # pragma: no cover - json gives nothing else
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _optional_str(obj: Mapping[str, Any], key: str, lineno: int) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise TraceError(
+        f"{key} must be a string, not {_json_type(value)}", line=lineno, field=key, value=value
+    )
+
+
+def _parse_line(text: str, lineno: int) -> TraceRecord:
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        raise TraceError(f"not valid JSON ({exc})", line=lineno) from None
+    if not isinstance(obj, dict):
+        raise TraceError(f"a trace line must be a JSON object, not {_json_type(obj)}", line=lineno)
+    unknown = sorted(set(obj) - set(TRACE_KEYS))
+    if unknown:
+        raise TraceError(
+            f"unknown key {unknown[0]!r}; a trace line has only {', '.join(TRACE_KEYS)}",
+            line=lineno,
+            field=unknown[0],
+        )
+    for key in REQUIRED_KEYS:
+        if key not in obj:
+            raise TraceError(f"missing key {key!r}", line=lineno, field=key)
+    try:
+        at = parse_time(obj["at"])
+    except InvalidInput as exc:
+        raise TraceError(str(exc), line=lineno, field="at", value=obj["at"]) from None
+    kind = obj["kind"]
+    if kind not in {k.value for k in EventKind}:
+        raise TraceError(
+            f"kind {kind!r} is not one of " + ", ".join(repr(k.value) for k in EventKind),
+            line=lineno,
+            field="kind",
+            value=kind,
+        )
+    ip = obj["ip"]
+    if not isinstance(ip, str):
+        raise TraceError(
+            f"ip must be a string, not {_json_type(ip)}", line=lineno, field="ip", value=ip
+        )
+    hostname = _optional_str(obj, "hostname", lineno)
+    assignment = _optional_str(obj, "assignment", lineno)
+    worker_id = _optional_str(obj, "worker_id", lineno)
+    message = _optional_str(obj, "message", lineno)
+    truth = obj.get("truth")
+    if truth is not None and not isinstance(truth, dict):
+        raise TraceError(
+            f"truth must be an object, not {_json_type(truth)}",
+            line=lineno,
+            field="truth",
+            value=truth,
+        )
+    if kind == EventKind.CLAIM.value and assignment is None:
+        raise TraceError(
+            "a claim must name its assignment (key 'assignment')", line=lineno, field="assignment"
+        )
+    try:
+        if kind == EventKind.CLAIM.value:
+            event = Event(
+                kind=kind,
+                identity=Identity(ip=ip, hostname=hostname, worker_id=worker_id),
+                assignment_id=assignment,
+                message=message,
+            )
+        else:
+            event = Event(
+                kind=kind,
+                identity=Identity(
+                    ip=ip, hostname=hostname, worker_id=worker_id, assignment_id=assignment
+                ),
+                message=message,
+            )
+    except InvalidInput as exc:
+        field = "assignment" if exc.field == "assignment_id" else exc.field
+        raise TraceError(str(exc), line=lineno, field=field, value=exc.value) from None
+    return TraceRecord(
+        line=lineno,
+        at=at,
+        event=event,
+        truth=None if truth is None else MappingProxyType(truth),
+    )
+
+
+def parse_trace(lines: Iterable[str]) -> Iterator[TraceRecord]:
+    """Read a trace lazily, one :class:`TraceRecord` per request line.
+
+    ``lines`` is any iterable of text lines (an open file, ``text.splitlines()``).  Lines that
+    hold only white space are skipped (they still count in the numbering).  A line that breaks
+    the format raises :class:`TraceError` naming it, when the iteration reaches it; so does a
+    line whose ``at`` lies more than :data:`MAX_SKEW` before the latest ``at`` above it.
+    """
+    latest: datetime | None = None
+    for lineno, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        record = _parse_line(text, lineno)
+        if latest is not None and latest - record.at > MAX_SKEW:
+            raise TraceError(
+                f"at {format_time(record.at)} goes back {(latest - record.at).total_seconds():g} s "
+                f"before an earlier line's {format_time(latest)}; a trace is in arrival order "
+                f"and tolerates at most {MAX_SKEW.total_seconds():g} s of clock skew",
+                line=lineno,
+                field="at",
+                value=format_time(record.at),
+            )
+        latest = record.at if latest is None else max(latest, record.at)
+        yield record
+
+
+def record_to_dict(record: TraceRecord) -> dict[str, Any]:
+    """The trace line of ``record`` as a dict, keys in :data:`TRACE_KEYS` order, absent values
+    left out (the inverse of :func:`parse_trace`, up to normalisation: addresses and hostnames
+    come back in canonical form, times in UTC at millisecond resolution)."""
+    event = record.event
+    identity = event.identity
+    out: dict[str, Any] = {
+        "at": format_time(record.at),
+        "kind": event.kind.value,
+        "ip": identity.ip,
+    }
+    if identity.hostname is not None:
+        out["hostname"] = identity.hostname
+    assignment = event.assignment_id if event.kind is EventKind.CLAIM else identity.assignment_id
+    if assignment is not None:
+        out["assignment"] = assignment
+    if identity.worker_id is not None:
+        out["worker_id"] = identity.worker_id
+    if event.message is not None:
+        out["message"] = event.message
+    if record.truth is not None:
+        out["truth"] = dict(record.truth)
+    return out
+
+
+def dump_json(obj: Mapping[str, Any]) -> str:
+    """One line of JSON as ``workermatch`` writes it: keys in the given order, ``", "`` and
+    ``": "`` separators, non-ASCII characters escaped, no trailing newline."""
+    return json.dumps(obj, ensure_ascii=True)
+
+
+def dump_record(record: TraceRecord) -> str:
+    """The trace line of ``record`` as text (without the newline)."""
+    return dump_json(record_to_dict(record))
+
+
+@attrs.frozen(kw_only=True)
+class ReplayLine:
+    """What one trace line did in a replay.
+
+    ``worker`` is the id of the worker the request resolved to, ``rule`` the rule that placed it
+    (``"created"`` when it made a worker), ``ambiguous`` whether that rule had more than one
+    eligible candidate.  A claim the engine refused (the assignment runs on another live worker,
+    or has already finished) is not a bad trace: ``worker`` is ``None``, ``created`` is false,
+    ``refused`` holds :attr:`ClaimRefused.reason` (or ``"ambiguous"`` under a policy that
+    refuses ambiguous matches), ``rule`` and ``ambiguous`` say what the chain had found, and
+    ``outcome`` is ``None``.  ``decision`` is the full explained decision.
+    """
+
+    line: int
+    worker: str | None
+    rule: str
+    created: bool
+    ambiguous: bool
+    refused: str | None = None
+    outcome: Outcome | None = None
+    decision: Decision | None = attrs.field(default=None, repr=False, eq=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The output line of ``workermatch replay --jsonl``: the contract's keys in order,
+        then ``refused`` when the request was refused."""
+        out: dict[str, Any] = {
+            "line": self.line,
+            "worker": self.worker,
+            "rule": self.rule,
+            "created": self.created,
+            "ambiguous": self.ambiguous,
+        }
+        if self.refused is not None:
+            out["refused"] = self.refused
+        return out
+
+
+def replay(
+    records: Iterable[TraceRecord], repo: WorkerRepository, policy: Policy
+) -> Iterator[ReplayLine]:
+    """Apply each record to ``repo`` under ``policy``, in order, lazily; one
+    :class:`ReplayLine` per record.
+
+    Each request is applied with :func:`~workermatch.apply_event` at its ``at``, creating the
+    assignments a claim names the first time the trace names them.  Give ``repo`` the id
+    factory :func:`~workermatch.sequential_ids` for the ids ``w1``, ``w2``, ... of a replay.
+    A :class:`TraceError` raised by ``records`` propagates when the iteration reaches it;
+    nothing from that record on is applied.  Refused claims are reported, not raised.
+    """
+    for record in records:
+        event = record.event
+        try:
+            outcome = apply_event(event, record.at, repo, policy, create_assignments=True)
+        except ClaimRefused as exc:
+            decision = run_chain(
+                event.identity,
+                record.at,
+                repo,
+                policy,
+                policy.chain_for(event.kind),
+                claiming=event.assignment_id,
+            )
+            yield ReplayLine(
+                line=record.line,
+                worker=None,
+                rule=decision.rule.value,
+                created=False,
+                ambiguous=decision.ambiguous,
+                refused=exc.reason,
+                decision=decision,
+            )
+            continue
+        except AmbiguousMatch as exc:
+            found = exc.decision if isinstance(exc.decision, Decision) else None
+            yield ReplayLine(
+                line=record.line,
+                worker=None,
+                rule=found.rule.value if found is not None else Rule.CREATED.value,
+                created=False,
+                ambiguous=True,
+                refused="ambiguous",
+                decision=found,
+            )
+            continue
+        yield ReplayLine(
+            line=record.line,
+            worker=outcome.worker.id,
+            rule=outcome.rule.value,
+            created=outcome.created,
+            ambiguous=outcome.ambiguous,
+            outcome=outcome,
+            decision=outcome.decision,
+        )
+
+
+def _natural_key(text: str) -> tuple[Any, ...]:
+    # "w2" before "w10": digit runs compare as numbers.
+    parts = re.split(r"(\d+)", text)
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def final_state(repo: WorkerRepository, now: datetime, policy: Policy) -> dict[str, Any]:
+    """The store's workers and assignments, as the final line of a replay prints them.
+
+    ``{"workers": [{"id", "ip", "hostname", "status", "stale", "merged_into"}, ...],
+    "assignments": [{"id", "status", "worker"}, ...]}``, keys in that order, both lists sorted
+    by id with digit runs compared as numbers (``w2`` before ``w10``; creation order for the
+    ids of a replay).  ``stale`` is :meth:`Worker.is_stale_at` at ``now`` under ``policy``
+    (a replay passes the latest ``at`` of the trace): flagged, merged, or silent past
+    ``policy.stale_after``.  Hostnames are in canonical form (lower case).
+    """
+    now = normalize_time(now)
+    workers = sorted(repo.all_workers(), key=lambda w: _natural_key(w.id))
+    assignments = sorted(repo.all_assignments(), key=lambda a: _natural_key(a.id))
+    return {
+        "workers": [
+            {
+                "id": w.id,
+                "ip": w.ip,
+                "hostname": w.hostname,
+                "status": w.status.value,
+                "stale": w.is_stale_at(now, policy.stale_after),
+                "merged_into": w.merged_into,
+            }
+            for w in workers
+        ],
+        "assignments": [
+            {"id": a.id, "status": a.status.value, "worker": a.worker_id} for a in assignments
+        ],
+    }
