@@ -55,8 +55,9 @@ class InMemoryWorkerRepository:
         self._by_ip: dict[str, set[str]] = {}
         self._by_hostname: dict[str, set[str]] = {}
         self._by_holder: dict[str, set[str]] = {}
-        # (created_at, id) of every worker, sorted: serves "created since" by bisection.
-        self._by_created: list[tuple[datetime, str]] = []
+        # (created_at, id) of every RUNNING worker, sorted: serves "RUNNING and created since"
+        # by bisection, in time proportional to the recent claims, not to the fleet.
+        self._running_by_created: list[tuple[datetime, str]] = []
         # Undo journal of the innermost atomically() call, or None outside one.
         self._journal: list[Callable[[], None]] | None = None
 
@@ -96,9 +97,9 @@ class InMemoryWorkerRepository:
         self, created_since: datetime, seen_since: datetime
     ) -> Sequence[Worker]:
         with self._lock:
-            start = bisect.bisect_left(self._by_created, (created_since, ""))
-            ids = (wid for _, wid in self._by_created[start:])
-            return [w for w in self._live(ids, seen_since) if w.status is WorkerStatus.RUNNING]
+            index = self._running_by_created
+            start = bisect.bisect_left(index, (created_since, ""))
+            return self._live([wid for _, wid in index[start:]], seen_since)
 
     def stale_running_workers(
         self, ip: str, hostname: str | None, seen_before: datetime
@@ -178,28 +179,36 @@ class InMemoryWorkerRepository:
     # -- internals -------------------------------------------------------------------------------
 
     def _validate(self, ops: list[Write]) -> None:
-        workers = set(self._workers)
-        assignments = set(self._assignments)
+        # Ids inserted earlier in this batch; the stored ids are looked up in place (copying
+        # them would make every write cost as much as the fleet is large).
+        new_workers: set[str] = set()
+        new_assignments: set[str] = set()
+
+        def has_worker(wid: str) -> bool:
+            return wid in self._workers or wid in new_workers
+
         for op in ops:
             if isinstance(op, InsertWorker):
-                if op.worker.id in workers:
+                if has_worker(op.worker.id):
                     raise StorageError(f"worker {op.worker.id!r} already exists")
-                workers.add(op.worker.id)
+                new_workers.add(op.worker.id)
             elif isinstance(op, UpdateWorker):
-                if op.worker.id not in workers:
+                if not has_worker(op.worker.id):
                     raise StorageError(f"worker {op.worker.id!r} does not exist")
             elif isinstance(op, InsertAssignment):
-                if op.assignment.id in assignments:
-                    raise StorageError(f"assignment {op.assignment.id!r} already exists")
-                assignments.add(op.assignment.id)
+                aid = op.assignment.id
+                if aid in self._assignments or aid in new_assignments:
+                    raise StorageError(f"assignment {aid!r} already exists")
+                new_assignments.add(aid)
             elif isinstance(op, UpdateAssignment):
-                if op.assignment.id not in assignments:
-                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
+                aid = op.assignment.id
+                if aid not in self._assignments and aid not in new_assignments:
+                    raise StorageError(f"assignment {aid!r} does not exist")
             else:  # pragma: no cover - guarded by the type checker
                 raise StorageError(f"unknown write operation {op!r}")
             if isinstance(op, (InsertAssignment, UpdateAssignment)):
                 holder = op.assignment.worker_id
-                if holder is not None and holder not in workers:
+                if holder is not None and not has_worker(holder):
                     raise StorageError(
                         f"assignment {op.assignment.id!r} names unknown worker {holder!r}"
                     )
@@ -222,9 +231,9 @@ class InMemoryWorkerRepository:
             _discard(self._by_ip, old.ip, wid)
             if old.hostname is not None:
                 _discard(self._by_hostname, old.hostname, wid)
-            if new is None or new.created_at != old.created_at:
-                i = bisect.bisect_left(self._by_created, (old.created_at, wid))
-                del self._by_created[i]
+            if old.status is WorkerStatus.RUNNING and not _same_running_key(old, new):
+                i = bisect.bisect_left(self._running_by_created, (old.created_at, wid))
+                del self._running_by_created[i]
         if new is None:
             del self._workers[wid]
             return
@@ -232,8 +241,8 @@ class InMemoryWorkerRepository:
         self._by_ip.setdefault(new.ip, set()).add(wid)
         if new.hostname is not None:
             self._by_hostname.setdefault(new.hostname, set()).add(wid)
-        if old is None or new.created_at != old.created_at:
-            bisect.insort(self._by_created, (new.created_at, wid))
+        if new.status is WorkerStatus.RUNNING and not _same_running_key(new, old):
+            bisect.insort(self._running_by_created, (new.created_at, wid))
 
     def _put_assignment(self, new: Assignment) -> None:
         old = self._assignments.get(new.id)
@@ -251,6 +260,11 @@ class InMemoryWorkerRepository:
         self._assignments[aid] = new
         if new.worker_id is not None:
             self._by_holder.setdefault(new.worker_id, set()).add(aid)
+
+
+def _same_running_key(a: Worker, b: Worker | None) -> bool:
+    """Whether ``b`` has the same entry as RUNNING worker ``a`` in the running-by-created index."""
+    return b is not None and b.status is WorkerStatus.RUNNING and b.created_at == a.created_at
 
 
 def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
