@@ -1,0 +1,206 @@
+"""The cost of one decision, for in-memory fleets of 10^2, 10^4 and 10^6 workers.
+
+Run by hand from the repository root (about a minute, most of it building the 10^6 fleet)::
+
+    .venv/bin/python benchmarks/bench_core.py
+
+``--sizes 100,10000`` picks other fleet sizes, ``--repeat`` the number of timed rounds (the best
+round is reported, the usual way to keep other load on the machine out of the figure).
+
+What is measured, per fleet size:
+
+* ``hot  match``: :func:`workermatch.match_worker` for a heartbeat that matches a live worker by
+  exact IP (rule 3 is never reached).  This is what almost every request of a running fleet
+  costs.
+* ``hot  apply``: :func:`workermatch.apply_event` for the same heartbeat: the decision plus the
+  write that moves ``last_seen``, inside the repository's atomic unit.
+* ``cold match``: :func:`workermatch.match_worker` for a request from an IP and hostname the
+  store has never seen: every rule runs and finds nothing, the decision is "create".
+* ``cold apply``: :func:`workermatch.apply_event` for such a request: the decision, the search
+  for stale workers to transfer from, and the insert of the new worker.
+
+The fleet: ``n`` workers, each with its own IP and hostname, created one to 25 hours before
+``now``; three quarters seen within ``stale_after`` (live), one quarter silent past it; half of
+them RUNNING an assignment.  Ten workers created within the orphan window hold a RUNNING
+assignment at every size, so rule 3 has the same candidates whatever the size of the fleet
+(the number of recent claims depends on the arrival rate, not on the size of the fleet).
+The fleet is built through ``repo.write`` with batches of ``InsertWorker``/``InsertAssignment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import workermatch as wm
+
+NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
+RECENT = 10
+BATCH = 50_000
+
+
+def _ip(i: int) -> str:
+    return str(ipaddress.IPv4Address(0x0A000000 + i))  # 10.0.0.0 onwards
+
+
+def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
+    """An in-memory repository holding ``n`` workers (see the module docstring)."""
+    repo = wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids("new"))
+    writes: list[wm.Write] = []
+    old = n - RECENT
+    for i in range(n):
+        if i < old:
+            # Created 25 h to 1 h before now, in creation order (keeps the time index cheap).
+            created = NOW - timedelta(hours=25) + timedelta(seconds=86_400 * i / max(old, 1))
+            live = i % 4 != 0
+            seen = NOW - timedelta(seconds=(i % 240) if live else 600 + i % 600)
+            running = i % 2 == 0
+            hostname: str | None = f"host-{i}"
+        else:
+            # The recent claims: created within the orphan window, heard from a second ago.
+            created = NOW - timedelta(seconds=20 + (n - i))
+            seen = NOW - timedelta(seconds=1)
+            running = True
+            hostname = f"host-{i}"
+        wid = f"w{i}"
+        aid = f"a{i}"
+        writes.append(
+            wm.InsertWorker(
+                worker=wm.Worker(
+                    id=wid,
+                    ip=_ip(i),
+                    hostname=hostname,
+                    created_at=created,
+                    last_seen=seen,
+                    status=wm.WorkerStatus.RUNNING if running else wm.WorkerStatus.IDLE,
+                    assignment_id=aid if running else None,
+                )
+            )
+        )
+        if running:
+            writes.append(
+                wm.InsertAssignment(
+                    assignment=wm.Assignment(
+                        id=aid,
+                        status=wm.AssignmentStatus.RUNNING,
+                        worker_id=wid,
+                        started_at=created,
+                    )
+                )
+            )
+        if len(writes) >= BATCH:
+            repo.write(writes)
+            writes = []
+    repo.write(writes)
+    return repo
+
+
+def best_per_call(fn: Callable[[], object], *, repeat: int, budget: float = 0.25) -> float:
+    """Seconds per call of ``fn``: the best of ``repeat`` rounds of about ``budget`` s each."""
+    fn()
+    loops = 1
+    while True:  # calibrate: enough calls for one round to last about ``budget``
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget / 4:
+            break
+        loops *= 4
+    loops = max(1, int(loops * budget / elapsed))
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        best = min(best, (time.perf_counter() - start) / loops)
+    return best
+
+
+def measure(n: int, repeat: int) -> dict[str, float]:
+    t = time.perf_counter()
+    repo = build_fleet(n)
+    build = time.perf_counter() - t
+    gc.collect()
+    gc.freeze()  # the fleet is long-lived: keep the collector from rescanning it in the loops
+
+    # A live worker in the middle of the fleet (i % 4 != 0), matched by its exact IP.
+    i = (n // 2) | 1
+    hot = wm.Event.heartbeat(_ip(i), hostname=f"host-{i}")
+    decision = wm.match_worker(hot.identity, NOW, repo)
+    assert (decision.rule, decision.worker_id) == (wm.Rule.EXACT_IP, f"w{i}"), decision.explain()
+
+    cold_identity = wm.Identity(ip="192.0.2.1", hostname="never-seen")
+    decision = wm.match_worker(cold_identity, NOW, repo)
+    assert decision.rule is wm.Rule.CREATED, decision.explain()
+
+    results = {
+        "hot  match": best_per_call(
+            lambda: wm.match_worker(hot.identity, NOW, repo), repeat=repeat
+        ),
+        "hot  apply": best_per_call(lambda: wm.apply_event(hot, NOW, repo), repeat=repeat),
+        "cold match": best_per_call(
+            lambda: wm.match_worker(cold_identity, NOW, repo), repeat=repeat
+        ),
+    }
+    # Each cold apply creates a worker, so each needs an address and hostname never seen.
+    counter = iter(range(10**9))
+
+    def cold_apply() -> None:
+        k = next(counter)
+        event = wm.Event.heartbeat(
+            str(ipaddress.IPv6Address((0x20010DB8 << 96) + k)), hostname=f"new-{k}"
+        )
+        outcome = wm.apply_event(event, NOW, repo)
+        assert outcome.created
+
+    results["cold apply"] = best_per_call(cold_apply, repeat=repeat)
+    gc.unfreeze()
+    results["build s"] = build
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,10000,1000000")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    print(
+        f"workermatch {wm.__version__}, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    table: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        table[n] = measure(n, args.repeat)
+        print(f"  built and measured {n:>9,} workers (build {table[n]['build s']:.1f} s)")
+        sys.stdout.flush()
+
+    keys = ["hot  match", "hot  apply", "cold match", "cold apply"]
+    print()
+    print("| fleet | " + " | ".join(k.replace("  ", " ") + " (µs)" for k in keys) + " |")
+    print("| ---: | " + " | ".join("---:" for _ in keys) + " |")
+    for n in sizes:
+        row = " | ".join(f"{table[n][k] * 1e6:.1f}" for k in keys)
+        print(f"| {n:,} | {row} |")
+    if len(sizes) > 1:
+        small, large = sizes[0], sizes[-1]
+        ratios = ", ".join(
+            f"{k.replace('  ', ' ')} {table[large][k] / table[small][k]:.2f}x" for k in keys
+        )
+        print(f"\n{large:,} vs {small:,} workers: {ratios} (target: within 1.5x)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
