@@ -1,0 +1,605 @@
+"""The ``workermatch`` command: ``demo``, ``replay`` and ``corpus`` (``docs/cli.md``).
+
+Standard library only (argparse), so the command works with nothing but the core installed;
+``--db`` imports the SQL repositories lazily and says which extra to install when they are
+missing.  Exit status: 0 on success, 2 on a bad trace or bad arguments (one line on standard
+error that names the problem), 1 when the store fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any, NoReturn, TextIO
+
+import attrs
+
+from . import __version__
+from ._engine import plan
+from ._errors import InvalidInput, StorageError, WorkermatchError
+from ._memory import InMemoryWorkerRepository, sequential_ids
+from ._model import AssignmentStatus, Event, EventKind, Identity
+from ._policy import POLICIES, Policy, get_policy
+from ._protocol import WorkerRepository
+from .trace import (
+    ReplayLine,
+    TraceError,
+    TraceRecord,
+    dump_json,
+    dump_record,
+    final_state,
+    format_time,
+    parse_trace,
+    replay,
+)
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_STORE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or a bad trace: exit status 2, one line on standard error."""
+
+
+class StoreFailure(Exception):
+    """The store failed: exit status 1, one line on standard error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line on standard error (the trace contract's rule)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (try '{self.prog} --help')\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Stores
+
+
+def _open_store(url: str | None, *, reset: bool) -> tuple[WorkerRepository, Callable[[], None]]:
+    """A fresh, empty repository with sequential ids, and a function that closes it."""
+    if url is None:
+        return InMemoryWorkerRepository(id_factory=sequential_ids()), lambda: None
+    try:
+        sql = importlib.import_module("workermatch.sql")
+    except ImportError as exc:
+        raise UsageError(
+            f"--db needs the SQL repositories, which need SQLAlchemy ({exc}); install them with "
+            "python -m pip install 'workermatch[sql]' (add [postgresql] or [mysql] for a server)"
+        ) from None
+    try:
+        repo = sql.SQLWorkerRepository.from_url(url, id_factory=sequential_ids())
+    except InvalidInput as exc:
+        raise UsageError(f"--db {url}: {exc}") from None
+    except ImportError as exc:
+        raise UsageError(f"--db {url}: a driver is missing ({exc})") from None
+    except WorkermatchError as exc:
+        raise StoreFailure(f"--db {url}: {exc}") from None
+
+    def close() -> None:
+        for name in ("close", "dispose"):
+            fn = getattr(repo, name, None)
+            if callable(fn):
+                fn()
+                return
+
+    try:
+        repo.create_schema()
+        if reset:
+            repo.reset()
+        elif not repo.is_empty():
+            close()
+            raise UsageError(
+                f"the store at {url} already holds workers; a replay starts from an empty store: "
+                "pass --reset to empty the library's tables first"
+            )
+    except WorkermatchError as exc:
+        close()
+        raise StoreFailure(f"--db {url}: {exc}") from None
+    return repo, close
+
+
+# ------------------------------------------------------------------------------------------------
+# replay
+
+
+def _decoded(binary: Iterable[bytes]) -> Iterator[str]:
+    for lineno, raw in enumerate(binary, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"not UTF-8 text ({exc.reason})", line=lineno) from None
+        if lineno == 1 and text.startswith("\ufeff"):
+            text = text[1:]
+        yield text
+
+
+@contextlib.contextmanager
+def _trace_lines(source: str, stdin_cache: list[bytes]) -> Iterator[Iterator[str]]:
+    if source == "-":
+        if not stdin_cache:
+            stdin_cache.extend(sys.stdin.buffer.readlines())
+        yield _decoded(iter(stdin_cache))
+        return
+    try:
+        f = open(source, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+    with f:
+        yield _decoded(f)
+
+
+def _check_trace(source: str, stdin_cache: list[bytes]) -> datetime | None:
+    """Read the whole trace once, so a bad line is reported before anything is applied or
+    printed.  Returns the latest ``at`` (``None`` for an empty trace)."""
+    latest: datetime | None = None
+    try:
+        with _trace_lines(source, stdin_cache) as lines:
+            for record in parse_trace(lines):
+                latest = record.at if latest is None else max(latest, record.at)
+    except TraceError as exc:
+        raise UsageError(f"{_label(source)}: {exc}") from None
+    return latest
+
+
+def _label(source: str) -> str:
+    return "<stdin>" if source == "-" else source
+
+
+def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    policy = get_policy(args.policy)
+    stdin_cache: list[bytes] = []
+    latest = _check_trace(args.trace, stdin_cache)
+    repo, close = _open_store(args.db, reset=args.reset)
+    try:
+        table = None if args.jsonl else _Table(out, explain=args.explain)
+        if table is not None:
+            store = "memory" if args.db is None else args.db
+            table.header(_label(args.trace), policy, store)
+        with _trace_lines(args.trace, stdin_cache) as lines:
+            for record in parse_trace(lines):
+                for result in replay([record], repo, policy):
+                    if table is None:
+                        out.write(dump_json(result.to_dict()) + "\n")
+                    else:
+                        table.row(record, result)
+        state = final_state(repo, latest or datetime.now(timezone.utc), policy)
+        if table is None:
+            out.write(dump_json(state) + "\n")
+        else:
+            table.footer(state, latest)
+    except StorageError as exc:
+        raise StoreFailure(f"the store failed: {exc}") from None
+    finally:
+        close()
+    return EXIT_OK
+
+
+class _Table:
+    """The human-readable form of a replay: one row per request, then the final state."""
+
+    def __init__(self, out: TextIO, *, explain: bool) -> None:
+        self.out = out
+        self.explain = explain
+        self.day: str | None = None
+        self.counts: Counter[str] = Counter()
+
+    def header(self, source: str, policy: Policy, store: str) -> None:
+        w = self.out.write
+        w(f"Replay of {source} under policy {policy.name!r}, store {store}.\n")
+        w("Times are UTC. 'worker' is the worker each request resolved to ('-': refused).\n\n")
+        w(
+            f"{'line':>5}  {'time':<12}  {'kind':<10}  {'ip':<15}  {'hostname':<14}  "
+            f"{'worker':<6}  {'rule':<22}  notes\n"
+        )
+
+    def row(self, record: TraceRecord, result: ReplayLine) -> None:
+        at = format_time(record.at)
+        day, clock = at[:10], at[11:-1]
+        if "." not in clock:
+            clock += ".000"
+        if day != self.day:
+            self.out.write(f"{'':>5}  -- {day}\n")
+            self.day = day
+        event = record.event
+        ident = event.identity
+        rule = result.rule + (" (ambiguous)" if result.ambiguous else "")
+        if result.refused is not None:
+            rule = f"({rule})"
+        notes = _notes(record, result)
+        self.counts["requests"] += 1
+        self.counts["created"] += result.created
+        self.counts["ambiguous"] += result.ambiguous
+        self.counts["refused"] += result.refused is not None
+        self.out.write(
+            f"{result.line:>5}  {clock:<12}  {event.kind.value:<10}  {ident.ip:<15}  "
+            f"{ident.hostname or '-':<14}  {result.worker or '-':<6}  {rule:<22}  "
+            f"{'; '.join(notes)}".rstrip()
+            + "\n"
+        )
+        if self.explain and result.decision is not None:
+            for text in result.decision.explain().splitlines():
+                self.out.write(f"{'':>7}| {text}\n")
+
+    def footer(self, state: dict[str, Any], latest: datetime | None) -> None:
+        w = self.out.write
+        c = self.counts
+        w(
+            f"\n{c['requests']} requests; {c['created']} created a worker, "
+            f"{c['ambiguous']} ambiguous, {c['refused']} refused.\n"
+        )
+        when = "" if latest is None else f", stale evaluated at {format_time(latest)}"
+        w(f"\nFinal state{when}:\n")
+        workers = state["workers"]
+        w(f"  {len(workers)} worker{'s' if len(workers) != 1 else ''}\n")
+        for wk in workers:
+            flags = ["stale"] if wk["stale"] else []
+            if wk["merged_into"] is not None:
+                flags.append(f"merged into {wk['merged_into']}")
+            w(
+                f"    {wk['id']:<6}  {wk['ip']:<15}  {wk['hostname'] or '-':<14}  "
+                f"{wk['status']:<8}  {', '.join(flags)}".rstrip()
+                + "\n"
+            )
+        assignments = state["assignments"]
+        w(f"  {len(assignments)} assignment{'s' if len(assignments) != 1 else ''}\n")
+        for a in assignments:
+            holder = "" if a["worker"] is None else f"on {a['worker']}"
+            w(f"    {a['id']:<6}  {a['status']:<9}  {holder}".rstrip() + "\n")
+
+
+def _notes(record: TraceRecord, result: ReplayLine) -> list[str]:
+    event = record.event
+    ident = event.identity
+    notes: list[str] = []
+    if event.kind is EventKind.CLAIM:
+        notes.append(f"claims {event.assignment_id}")
+    if ident.worker_id is not None:
+        notes.append(f"hint worker_id={ident.worker_id}")
+    if ident.assignment_id is not None:
+        notes.append(f"hint assignment={ident.assignment_id}")
+    if event.message in ("finished", "fatal_error"):
+        notes.append(event.message)
+    if result.refused is not None:
+        notes.append(f"REFUSED: {result.refused}")
+    outcome = result.outcome
+    if outcome is not None:
+        if outcome.idempotent:
+            notes.append("repeated claim, nothing changed")
+        if outcome.transferred:
+            notes.append(f"took over {', '.join(outcome.transferred)} from stale workers")
+        if outcome.ended:
+            verb = "completed" if event.message == "finished" else "failed"
+            notes.append(f"{verb} {', '.join(outcome.ended)}")
+        elif event.message in ("finished", "fatal_error"):
+            notes.append("ended nothing: the worker held no running assignment")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------------
+# corpus
+
+
+def _corpus_dir() -> Path:
+    return Path(str(resources.files("workermatch") / "corpus"))
+
+
+def _cmd_corpus(args: argparse.Namespace, out: TextIO) -> int:
+    directory = _corpus_dir()
+    traces = sorted(directory.glob("*.jsonl"))
+    if args.name is not None:
+        path = directory / f"{args.name}.jsonl"
+        if not path.is_file():
+            names = ", ".join(p.stem for p in traces)
+            raise UsageError(f"no corpus trace named {args.name!r}; there are: {names}")
+        out.write(f"{path}\n")
+        return EXIT_OK
+    out.write(f"Traces shipped with workermatch, in {directory}\n")
+    out.write("(expected outputs per policy in expected/; what each shows in README.md):\n\n")
+    for p in traces:
+        out.write(f"  {p.stem}\n")
+    out.write('\nReplay one with: workermatch replay "$(workermatch corpus NAME)"\n')
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+
+T0 = datetime(2025, 11, 6, 10, 0, 1, tzinfo=timezone.utc)
+CLAIM_IP = "157.193.240.188"
+GUI_IP = "157.193.240.190"
+HOSTNAME = "UG-GNS0S34"
+GUI_START = 20.0
+RUN_END = 600.0
+
+
+def demo_story(*, hint: bool = False) -> list[TraceRecord]:
+    """The design note's story at the real client's timing, as trace records.
+
+    A claim of ``A1`` from one address without hostname; 20 s later the GUI starts on another
+    address (the VPN) with two simultaneous heartbeats that carry the hostname; then a progress
+    update every 2 s and a heartbeat every 30 s; at the end five 100 % messages 0.5 s apart and
+    ``finished``.  ``hint``: the client names its assignment on every request after the claim.
+    """
+    a1 = "A1" if hint else None
+
+    def ev(
+        kind: str, *, ip: str = GUI_IP, host: str | None = None, msg: str | None = None
+    ) -> Event:
+        if kind == "claim":
+            return Event.claim(ip, "A1")
+        return Event(
+            kind=kind, identity=Identity(ip=ip, hostname=host, assignment_id=a1), message=msg
+        )
+
+    timed: list[tuple[float, Event]] = [(0.0, ev("claim", ip=CLAIM_IP))]
+    timed += [(GUI_START, ev("heartbeat", host=HOSTNAME))] * 2
+    t = GUI_START + 0.4
+    while t < RUN_END - 3:
+        timed.append((t, ev("gui_update", msg="overall_progress")))
+        t += 2.0
+    t = GUI_START + 30
+    while t < RUN_END:
+        timed.append((t, ev("heartbeat", host=HOSTNAME)))
+        t += 30
+    timed += [(RUN_END - 2.6 + 0.5 * k, ev("gui_update", msg="overall_progress")) for k in range(5)]
+    timed.append((RUN_END, ev("gui_update", msg="finished")))
+    timed.sort(key=lambda pair: pair[0])
+    return [
+        TraceRecord(line=i, at=T0 + timedelta(seconds=off), event=e)
+        for i, (off, e) in enumerate(timed, start=1)
+    ]
+
+
+@attrs.frozen
+class _DemoRun:
+    label: str
+    policy: Policy
+    hint: bool = False
+    racy: bool = False
+
+
+def _racy_replay(
+    records: Sequence[TraceRecord], repo: WorkerRepository, policy: Policy
+) -> list[tuple[TraceRecord, str, str, bool]]:
+    """Replay like the deployed legacy server: requests that arrive at the same instant each
+    read the store before any of them writes (find-then-create, no transaction)."""
+    out: list[tuple[TraceRecord, str, str, bool]] = []
+    i = 0
+    while i < len(records):
+        j = i
+        while j < len(records) and records[j].at == records[i].at:
+            j += 1
+        outcomes = [
+            plan(
+                r.event,
+                r.at,
+                repo,
+                policy,
+                create_assignments=True,
+                new_worker_id=repo.new_worker_id,
+            )
+            for r in records[i:j]
+        ]
+        for r, o in zip(records[i:j], outcomes, strict=True):
+            repo.write(o.writes)
+            out.append((r, o.worker.id, o.rule.value, o.created))
+        i = j
+    return out
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    w = out.write
+    plain = demo_story()
+    kinds = Counter(r.event.kind.value for r in plain)
+    w(
+        "workermatch demo: which worker record does each request belong to?\n"
+        "==================================================================\n\n"
+        "A compute worker tells a server who it is only by weak signals: the public IP a\n"
+        "request comes from, and sometimes a hostname. The server must file every request under\n"
+        "the right worker record. One machine running one job should be ONE worker.\n\n"
+        "The story (from the design note behind this library, at the real client's timing):\n"
+        f"  +0 s     the command-line client claims assignment A1 from {CLAIM_IP}, no hostname\n"
+        f"  +{GUI_START:.0f} s    the GUI starts; the VPN gives it another address, {GUI_IP};\n"
+        f"           it sends two heartbeats at the same instant with hostname {HOSTNAME}\n"
+        "  then     a progress update every 2 s, a heartbeat every 30 s (the only requests\n"
+        "           that carry the hostname)\n"
+        f"  +{RUN_END - 2.6:.1f} s five 100 % progress messages 0.5 s apart, then 'finished',\n"
+        "           which must mark A1 COMPLETED\n"
+        f"In all: {_plural(kinds['claim'], 'claim')}, {_plural(kinds['heartbeat'], 'heartbeat')} "
+        f"and {_plural(kinds['gui_update'], 'gui_update')} from one machine, one session.\n"
+        "The right answer: 1 worker, and A1 COMPLETED on it.\n"
+    )
+    runs = [
+        _DemoRun("legacy", POLICIES["legacy"]),
+        _DemoRun("legacy, racing", POLICIES["legacy"], racy=True),
+        _DemoRun("note", POLICIES["note"]),
+        _DemoRun("default", POLICIES["default"]),
+        _DemoRun("default + hint", POLICIES["default"], hint=True),
+    ]
+    blurbs = {
+        "legacy": "the server's code before the note: each endpoint matches by IP, then its own\n"
+        "   fallback (heartbeat: hostname; gui_update: a recent worker running something),\n"
+        "   else creates. Each request applied atomically, one after the other.",
+        "legacy, racing": "the same code as deployed, without a transaction: the two heartbeats\n"
+        "   that arrive at the same instant both look before either writes.",
+        "note": "the design note's fix, to the letter: exact IP, then a worker created within\n"
+        "   2 min that runs an assignment and has been quiet for 30 s, then hostname, then create.",
+        "default": "workermatch's default: a recent worker that runs an assignment and has no\n"
+        "   hostname yet is an orphan even if not quiet; hostname veto; sessions.",
+        "default + hint": "the default policy, with a client that names its assignment (A1) on\n"
+        "   every request after the claim: a strong hint, matched before any guess.",
+    }
+    summary: list[tuple[str, int, str, str]] = []
+    first_store = True
+    for n, run in enumerate(runs, start=1):
+        records = demo_story(hint=run.hint)
+        repo, close = _open_store(args.db, reset=args.reset or not first_store)
+        first_store = False
+        try:
+            if run.racy:
+                placed = _racy_replay(records, repo, run.policy)
+            else:
+                placed = [
+                    (records[r.line - 1], r.worker or "-", r.rule, r.created)
+                    for r in replay(records, repo, run.policy)
+                ]
+            state = final_state(repo, records[-1].at, run.policy)
+        finally:
+            close()
+        workers = state["workers"]
+        (a1,) = state["assignments"]
+        w(f"\n{n}. {run.label}: {blurbs[run.label]}\n")
+        w(f"   workers made:  {len(workers)}\n")
+        for wk in workers:
+            w(f"     {wk['id']}  {wk['ip']:<15}  hostname {wk['hostname'] or '(none)'}\n")
+        for kind in ("claim", "heartbeat", "gui_update"):
+            rules: Counter[str] = Counter()
+            for rec, wid, rule, created in placed:
+                if rec.event.kind.value == kind:
+                    rules[f"{'created ' + wid if created else rule + ' -> ' + wid}"] += 1
+            text = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in rules.items())
+            w(f"   {kind + ':':<13}  {text}\n")
+        where = f"{a1['status']} on {a1['worker']}"
+        w(f"   A1 ends:       {where}\n")
+        ok = len(workers) == 1 and a1["status"] == AssignmentStatus.COMPLETED.value
+        if ok:
+            short = "right: one worker, A1 completed" + (", no guess needed" if run.hint else "")
+            verdict = "RIGHT: one worker, and 'finished' completed A1 on it"
+            if run.hint:
+                verdict += ";\n                  every request placed by the hint, no guess needed"
+        else:
+            finisher = placed[-1][1]
+            short = f"wrong: {len(workers) - 1} duplicate(s), A1 stuck {a1['status']}"
+            verdict = (
+                f"WRONG: {len(workers)} workers for one session; 'finished' reached {finisher},\n"
+                f"                  which holds nothing, so A1 stays {a1['status']} forever"
+            )
+        w(f"   verdict:       {verdict}\n")
+        summary.append((run.label, len(workers), where, short))
+
+    w("\nSummary\n\n")
+    w(f"  {'policy':<16}  {'workers':>7}  {'A1 ends':<16}  verdict\n")
+    for label, count, where, verdict in summary:
+        w(f"  {label:<16}  {count:>7}  {where:<16}  {verdict}\n")
+    w(
+        "\nThe note reported three workers: the third comes from the two simultaneous\n"
+        "heartbeats racing through code without a transaction (run 2). workermatch applies\n"
+        "each request atomically, and its default policy places the first heartbeat on the\n"
+        "claim's worker (rule recent_orphan), so the session stays one worker. A client that\n"
+        "names its assignment removes the guess entirely.\n\n"
+        "Next: workermatch replay TRACE.jsonl (your own requests, or a shipped example:\n"
+        "workermatch corpus), and docs/trace-format.md for the format.\n"
+    )
+    if args.write_trace is not None:
+        with open(args.write_trace, "w", encoding="utf-8") as f:
+            for r in plain:
+                f.write(dump_record(r) + "\n")
+        w(f"\nWrote the story (without hints) to {args.write_trace}.\n")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="workermatch",
+        description="Decide which worker record a compute worker's request belongs to, and "
+        "explain every decision.",
+    )
+    parser.add_argument("--version", action="version", version=f"workermatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo",
+        help="play the design note's story under each policy and compare",
+        description="Play one machine's run (claim, VPN address change, heartbeats, updates, "
+        "finished) under the legacy, note and default policies, and with a hinting client.",
+    )
+    demo.add_argument(
+        "--db", metavar="URL", help="play against this store instead of memory (sqlite:///x.db)"
+    )
+    demo.add_argument(
+        "--reset", action="store_true", help="empty the library's tables in --db first"
+    )
+    demo.add_argument(
+        "--write-trace", metavar="FILE", help="also write the story as a trace to FILE"
+    )
+
+    rep = sub.add_parser(
+        "replay",
+        help="replay a trace (JSON Lines) and print what each request resolved to",
+        description="Replay TRACE (JSON Lines, docs/trace-format.md; '-' reads standard input) "
+        "from an empty store and print, per request, the worker, the rule and whether it was "
+        "created or ambiguous, then the final state.",
+    )
+    rep.add_argument("trace", metavar="TRACE", help="the trace file, or - for standard input")
+    rep.add_argument(
+        "--jsonl", action="store_true", help="print the contract's JSON Lines instead of a table"
+    )
+    rep.add_argument(
+        "--policy", choices=sorted(POLICIES), default="default", help="default: %(default)s"
+    )
+    rep.add_argument(
+        "--db",
+        metavar="URL",
+        help="replay against this store instead of memory: sqlite:///file.db, "
+        "postgresql://user@host:5432/db, mysql://... or mariadb://...",
+    )
+    rep.add_argument(
+        "--reset",
+        action="store_true",
+        help="empty the library's tables in --db first (a replay refuses a store with workers)",
+    )
+    rep.add_argument(
+        "--explain", action="store_true", help="in the table, explain every decision in full"
+    )
+
+    corpus = sub.add_parser(
+        "corpus",
+        help="list the example traces shipped with workermatch",
+        description="List the shipped example traces, or print the path of one.",
+    )
+    corpus.add_argument("name", nargs="?", help="print the path of this trace")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) -> int:
+    """Run the ``workermatch`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out: TextIO = stdout or sys.stdout  # type: ignore[assignment]
+    commands: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+        "demo": _cmd_demo,
+        "replay": _cmd_replay,
+        "corpus": _cmd_corpus,
+    }
+    if args.command is None:
+        parser.print_help(out)
+        return EXIT_USAGE
+    try:
+        return commands[args.command](args, out)
+    except UsageError as exc:
+        print(f"workermatch {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreFailure as exc:
+        print(f"workermatch {args.command}: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    except BrokenPipeError:  # pragma: no cover - e.g. piped into head
+        return EXIT_OK
