@@ -15,6 +15,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from _stores import _server_stores, store_factory  # noqa: F401  (fixtures for every test)
+
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
     "ci",

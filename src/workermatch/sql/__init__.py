@@ -1,0 +1,32 @@
+"""SQL repositories on SQLAlchemy 2: SQLite, PostgreSQL (psycopg 3) and MariaDB (PyMySQL).
+
+Install with ``pip install workermatch[sql]`` (SQLite), ``workermatch[postgresql]`` or
+``workermatch[mysql]``.  The package root never imports this module.
+
+>>> from workermatch.sql import SQLWorkerRepository
+>>> repo = SQLWorkerRepository.from_url("sqlite://")
+>>> repo.create_schema()
+>>> repo.is_empty()
+True
+>>> repo.close()
+
+``docs/sql.md`` describes the schema, the mapping onto existing tables (with the real system's
+Prisma schema as :data:`PRISMA_MAPPING`), and how each database keeps decisions race-safe.
+"""
+
+from __future__ import annotations
+
+from ._ddl import schema_ddl
+from ._mapping import DEFAULT_MAPPING, PRISMA_MAPPING, TableMapping
+from ._repository import SQLWorkerRepository, normalize_url
+from ._tables import UTCDateTime
+
+__all__ = [
+    "DEFAULT_MAPPING",
+    "PRISMA_MAPPING",
+    "SQLWorkerRepository",
+    "TableMapping",
+    "UTCDateTime",
+    "normalize_url",
+    "schema_ddl",
+]

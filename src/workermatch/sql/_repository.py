@@ -1,0 +1,686 @@
+"""The SQL repository: the :class:`~workermatch.WorkerRepository` protocol on SQLAlchemy 2.
+
+How a decision is made atomic and race-safe, per database (``docs/sql.md`` says why each is
+safe):
+
+* **PostgreSQL**: every transaction runs at ``SERIALIZABLE`` (serializable snapshot isolation);
+  a serialisation failure or deadlock rolls the unit back and runs it again.
+* **MariaDB / MySQL**: ``SERIALIZABLE`` (InnoDB turns every read into a locking read with
+  next-key locks on the index ranges it scans); a deadlock or lock wait timeout rolls the unit
+  back and runs it again.
+* **SQLite**: every transaction starts with ``BEGIN IMMEDIATE``, which takes the database's
+  write lock before the first read; threads of one process also share a lock.
+
+The reads of one unit are cached for the rest of the unit: the worker queries fetch the
+``RUNNING`` assignments of the workers they return in the same statement, so a heartbeat that
+matches by exact IP costs one ``SELECT`` and one ``UPDATE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from .._errors import InvalidInput, StorageError
+from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+from ._mapping import DEFAULT_MAPPING, TableMapping
+from ._tables import Tables, build_tables
+
+__all__ = ["SQLWorkerRepository", "normalize_url"]
+
+T = TypeVar("T")
+
+#: How many times a unit is run before a serialisation failure is reported as a StorageError.
+MAX_ATTEMPTS = 200
+
+_PLAIN_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick the library's driver for a plain scheme (``postgresql://`` ->
+    psycopg 3, ``mysql://`` and ``mariadb://`` -> PyMySQL).  An explicit driver is kept."""
+    try:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"not a database URL: {url!r} ({exc})", field="url", value=url) from None
+    if parsed.drivername in _PLAIN_DRIVERS:
+        parsed = parsed.set(drivername=_PLAIN_DRIVERS[parsed.drivername])
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise InvalidInput(
+            f"unsupported database {backend!r} in {url!r}: use sqlite, postgresql, mysql or "
+            "mariadb",
+            field="url",
+            value=url,
+        )
+    return parsed
+
+
+def _uuid_ids() -> str:
+    return str(uuid.uuid4())
+
+
+class _Unit(threading.local):
+    conn: Connection | None = None
+    # worker id -> its RUNNING assignments, filled by the worker queries of this unit
+    running: dict[str, list[Assignment]] | None = None
+
+
+class SQLWorkerRepository:
+    """A :class:`~workermatch.WorkerRepository` in a SQL database (SQLite, PostgreSQL, MariaDB).
+
+    ``engine`` is a SQLAlchemy engine (see :meth:`from_url` to make one from a URL);
+    ``mapping`` says which tables and columns to use (:data:`DEFAULT_MAPPING`: the library's
+    own tables; :data:`PRISMA_MAPPING`: the real system's); ``id_factory`` makes new worker ids
+    (default: random UUIDs).  Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        mapping: TableMapping = DEFAULT_MAPPING,
+        id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        if not isinstance(engine, Engine):
+            raise InvalidInput(
+                f"engine must be a SQLAlchemy Engine, not {type(engine).__name__}",
+                field="engine",
+                value=engine,
+            )
+        if not isinstance(mapping, TableMapping):
+            raise InvalidInput(
+                f"mapping must be a TableMapping, not {type(mapping).__name__}",
+                field="mapping",
+                value=mapping,
+            )
+        self._backend = engine.dialect.name
+        if self._backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
+            raise InvalidInput(
+                f"unsupported database {self._backend!r}", field="engine", value=engine
+            )
+        self._own_engine = False
+        self.mapping = mapping
+        self._t: Tables = build_tables(mapping)
+        self._id_factory = id_factory or _uuid_ids
+        self._unit = _Unit()
+        # SQLite: one writer at a time anyway; threads of this process queue here instead of
+        # spinning on SQLITE_BUSY (BEGIN IMMEDIATE keeps other processes out).
+        self._local_lock: threading.RLock | None = None
+        if self._backend == "sqlite":
+            self._local_lock = threading.RLock()
+            _configure_sqlite(engine)
+            self.engine = engine
+        else:
+            self.engine = engine.execution_options(isolation_level="SERIALIZABLE")
+        self._w_cols = [self._t.w[f] for f in self._t.w]
+        self._a_cols = [self._t.a[f] for f in self._t.a]
+        self._wstatus = dict(mapping.worker_statuses)
+        self._wstatus_back = {v: k for k, v in mapping.worker_statuses.items()}
+        self._astatus = dict(mapping.assignment_statuses)
+        self._astatus_back = {v: k for k, v in mapping.assignment_statuses.items()}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL,
+        *,
+        mapping: TableMapping = DEFAULT_MAPPING,
+        id_factory: Callable[[], str] | None = None,
+        **engine_options: Any,
+    ) -> SQLWorkerRepository:
+        """A repository on a new engine for ``url``: ``sqlite:///file.db``, ``sqlite://``
+        (memory, private to this repository), ``postgresql://user@host:5432/db``,
+        ``mysql://...`` or ``mariadb://...``; a SQLAlchemy URL with an explicit driver is used
+        as is.  :meth:`close` disposes of the engine.  ``engine_options`` go to
+        :func:`sqlalchemy.create_engine`."""
+        parsed = normalize_url(url)
+        backend = parsed.get_backend_name()
+        options: dict[str, Any] = {}
+        if backend == "sqlite":
+            args: dict[str, Any] = {"check_same_thread": False}
+            if parsed.database in (None, "", ":memory:"):
+                options["poolclass"] = StaticPool
+            else:
+                args["timeout"] = 30.0
+            options["connect_args"] = args
+        else:
+            options["isolation_level"] = "SERIALIZABLE"
+            options["pool_pre_ping"] = False
+            if backend in ("mysql", "mariadb"):
+                options["connect_args"] = {"init_command": "SET time_zone = '+00:00'"}
+            else:
+                options["connect_args"] = {"options": "-c timezone=UTC"}
+        options.update(engine_options)
+        try:
+            engine = sa.create_engine(parsed, **options)
+        except (SQLAlchemyError, ImportError, TypeError) as exc:
+            raise StorageError(f"cannot create an engine for {parsed!r}: {exc}") from exc
+        repo = cls(engine, mapping=mapping, id_factory=id_factory)
+        repo._own_engine = True
+        return repo
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"<SQLWorkerRepository {url} workers={self.mapping.workers_table!r}>"
+
+    @property
+    def tables(self) -> Tables:
+        """The SQLAlchemy tables and indexes the repository uses."""
+        return self._t
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create what the repository needs where it is missing (idempotent).
+
+        With a mapping that owns its tables: the two tables and their indexes.  With
+        ``owns_tables=False`` (someone else's tables, e.g. :data:`PRISMA_MAPPING`): the nullable
+        columns of ``added_worker_columns`` and the indexes; a missing table or column is a
+        :class:`~workermatch.StorageError`.
+        """
+
+        def run(conn: Connection) -> None:
+            insp = sa.inspect(conn)
+            if self.mapping.owns_tables:
+                self._t.metadata.create_all(conn, checkfirst=True)
+            else:
+                self._add_columns(conn, insp)
+            insp = sa.inspect(conn)
+            for index in self._t.indexes:
+                table = index.table
+                assert table is not None
+                names = {
+                    ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)
+                }
+                if index.name not in names:
+                    index.create(conn)
+
+        self._ddl(run)
+
+    def _add_columns(self, conn: Connection, insp: sa.Inspector) -> None:
+        schema = self.mapping.schema
+        for table in (self._t.workers, self._t.assignments):
+            if not insp.has_table(table.name, schema=schema):
+                raise StorageError(f"table {table.fullname!r} does not exist")
+        present = {c["name"] for c in insp.get_columns(self._t.workers.name, schema=schema)}
+        prep = conn.dialect.identifier_preparer
+        for field in self.mapping.added_worker_columns:
+            col = self._t.w[field]
+            if col.name in present:
+                continue
+            ddl_type = col.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {prep.format_table(self._t.workers)} "
+                f"ADD COLUMN {prep.format_column(col)} {ddl_type} NULL"
+            )
+        for table, wanted in (
+            (self._t.workers, self._t.w.values()),
+            (self._t.assignments, self._t.a.values()),
+        ):
+            have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
+            if table is self._t.workers:
+                have |= {self._t.w[f].name for f in self.mapping.added_worker_columns}
+            missing = [c.name for c in wanted if c.name not in have]
+            if missing:
+                raise StorageError(
+                    f"table {table.fullname!r} has no column(s) {', '.join(missing)}; check the "
+                    "mapping"
+                )
+
+    def drop_schema(self) -> None:
+        """Remove what :meth:`create_schema` made: the tables (with their rows) when the
+        mapping owns them, else the library's indexes and added columns."""
+
+        def run(conn: Connection) -> None:
+            if self.mapping.owns_tables:
+                self._t.metadata.drop_all(conn, checkfirst=True)
+                return
+            insp = sa.inspect(conn)
+            prep = conn.dialect.identifier_preparer
+            for index in self._t.indexes:
+                table = index.table
+                assert table is not None
+                names = {
+                    ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)
+                }
+                if index.name in names:
+                    index.drop(conn)
+            present = {
+                c["name"]
+                for c in insp.get_columns(self._t.workers.name, schema=self.mapping.schema)
+            }
+            for field in self.mapping.added_worker_columns:
+                col = self._t.w[field]
+                if col.name in present:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {prep.format_table(self._t.workers)} "
+                        f"DROP COLUMN {prep.format_column(col)}"
+                    )
+
+        self._ddl(run)
+
+    def _ddl(self, run: Callable[[Connection], None]) -> None:
+        with self._locked():
+            try:
+                with self.engine.connect() as conn:
+                    if self._backend == "sqlite":
+                        # DDL inspection must not sit inside BEGIN IMMEDIATE's snapshot games.
+                        pass
+                    with conn.begin():
+                        run(conn)
+            except SQLAlchemyError as exc:
+                raise _storage_error("changing the schema", exc) from _cause(exc)
+
+    def reset(self) -> None:
+        """Delete every row of the mapped tables (assignments first)."""
+
+        def run() -> None:
+            conn = self._conn()
+            conn.execute(sa.delete(self._t.assignments))
+            conn.execute(sa.delete(self._t.workers))
+
+        self.atomically(lambda: self._guard("emptying the tables", run))
+
+    def is_empty(self) -> bool:
+        """Whether the store holds no worker."""
+
+        def run() -> bool:
+            row = (
+                self._conn()
+                .execute(sa.select(self._t.w["id"]).select_from(self._t.workers).limit(1))
+                .first()
+            )
+            return row is None
+
+        return self._read("checking for workers", run)
+
+    def close(self) -> None:
+        """Dispose of the engine if :meth:`from_url` created it."""
+        if self._own_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> SQLWorkerRepository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get_worker(self, worker_id: str) -> Worker | None:
+        found = self._workers("reading a worker", self._t.w["id"] == worker_id)
+        return found[0] if found else None
+
+    def get_assignment(self, assignment_id: str) -> Assignment | None:
+        def run() -> Assignment | None:
+            row = (
+                self._conn()
+                .execute(sa.select(*self._a_cols).where(self._t.a["id"] == assignment_id))
+                .first()
+            )
+            return None if row is None else self._assignment(row)
+
+        return self._read("reading an assignment", run)
+
+    def _live(self) -> list[sa.ColumnElement[bool]]:
+        w = self._t.w
+        return [w["stale"] == sa.false(), w["merged_into"].is_(None)]
+
+    def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
+        w = self._t.w
+        return self._workers(
+            "reading workers by IP", w["ip"] == ip, w["last_seen"] >= seen_since, *self._live()
+        )
+
+    def live_workers_by_hostname(self, hostname: str, seen_since: datetime) -> Sequence[Worker]:
+        w = self._t.w
+        return self._workers(
+            "reading workers by hostname",
+            w["hostname"] == hostname,
+            w["last_seen"] >= seen_since,
+            *self._live(),
+        )
+
+    def recent_running_workers(
+        self, created_since: datetime, seen_since: datetime
+    ) -> Sequence[Worker]:
+        w = self._t.w
+        return self._workers(
+            "reading recent running workers",
+            w["status"] == self._wstatus[WorkerStatus.RUNNING],
+            w["created_at"] >= created_since,
+            w["last_seen"] >= seen_since,
+            *self._live(),
+        )
+
+    def stale_running_workers(
+        self, ip: str, hostname: str | None, seen_before: datetime
+    ) -> Sequence[Worker]:
+        w = self._t.w
+        same = (
+            w["ip"] == ip if hostname is None else sa.or_(w["ip"] == ip, w["hostname"] == hostname)
+        )
+        return self._workers(
+            "reading stale running workers",
+            same,
+            w["status"] == self._wstatus[WorkerStatus.RUNNING],
+            w["merged_into"].is_(None),
+            sa.or_(w["stale"] == sa.true(), w["last_seen"] < seen_before),
+        )
+
+    def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
+        ids = list(dict.fromkeys(worker_ids))
+        cache = self._unit.running
+        if cache is not None and all(i in cache for i in ids):
+            return [a for i in ids for a in cache[i]]
+        if not ids:
+            return []
+        a = self._t.a
+
+        def run() -> list[Assignment]:
+            rows = self._conn().execute(
+                sa.select(*self._a_cols).where(
+                    a["worker_id"].in_(ids),
+                    a["status"] == self._astatus[AssignmentStatus.RUNNING],
+                )
+            )
+            return [self._assignment(r) for r in rows]
+
+        return self._read("reading running assignments", run)
+
+    def unflagged_workers_seen_before(self, seen_before: datetime) -> Sequence[Worker]:
+        w = self._t.w
+        return self._workers(
+            "reading unflagged workers",
+            w["stale"] == sa.false(),
+            w["last_seen"] < seen_before,
+            join=False,
+        )
+
+    def all_workers(self) -> Sequence[Worker]:
+        return self._workers("reading all workers", join=False)
+
+    def all_assignments(self) -> Sequence[Assignment]:
+        def run() -> list[Assignment]:
+            return [self._assignment(r) for r in self._conn().execute(sa.select(*self._a_cols))]
+
+        return self._read("reading all assignments", run)
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def new_worker_id(self) -> str:
+        return self._id_factory()
+
+    def write(self, writes: Iterable[Write]) -> None:
+        ops = list(writes)
+        if not ops:
+            return
+        self.atomically(lambda: self._guard("writing a decision", lambda: self._write(ops)))
+
+    def _write(self, ops: list[Write]) -> None:
+        conn = self._conn()
+        self._unit.running = None  # the cache no longer describes the store
+        t, m = self._t, self.mapping
+        for op in ops:
+            if isinstance(op, (InsertWorker, UpdateWorker)):
+                values = self._worker_values(op.worker)
+                if m.worker_updated_at is not None:
+                    values[m.worker_updated_at] = self._utc_now_sql()
+                if isinstance(op, InsertWorker):
+                    values.update(m.worker_defaults)
+                    conn.execute(sa.insert(t.workers).values(values))
+                else:
+                    del values[t.w["id"].name]
+                    result = conn.execute(
+                        sa.update(t.workers).where(t.w["id"] == op.worker.id).values(values)
+                    )
+                    if result.rowcount != 1:
+                        raise StorageError(f"worker {op.worker.id!r} does not exist")
+            elif isinstance(op, (InsertAssignment, UpdateAssignment)):
+                values = self._assignment_values(op.assignment)
+                if m.assignment_updated_at is not None:
+                    values[m.assignment_updated_at] = self._utc_now_sql()
+                if isinstance(op, InsertAssignment):
+                    values.update(m.assignment_defaults)
+                    conn.execute(sa.insert(t.assignments).values(values))
+                else:
+                    del values[t.a["id"].name]
+                    result = conn.execute(
+                        sa.update(t.assignments).where(t.a["id"] == op.assignment.id).values(values)
+                    )
+                    if result.rowcount != 1:
+                        raise StorageError(f"assignment {op.assignment.id!r} does not exist")
+            else:  # pragma: no cover - guarded by the type checker
+                raise StorageError(f"unknown write operation {op!r}")
+
+    def atomically(self, fn: Callable[[], T]) -> T:
+        unit = self._unit
+        if unit.conn is not None:
+            return fn()
+        with self._locked():
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    conn = self.engine.connect()
+                except SQLAlchemyError as exc:
+                    raise _storage_error("connecting", exc) from _cause(exc)
+                unit.conn, unit.running = conn, {}
+                try:
+                    try:
+                        conn.begin()
+                        result = fn()
+                        conn.commit()
+                        return result
+                    except BaseException as exc:
+                        _quiet_rollback(conn)
+                        err = exc
+                        if isinstance(exc, SQLAlchemyError):
+                            err = _storage_error("committing", exc)
+                            err.__cause__ = _cause(exc)
+                        if (
+                            isinstance(err, StorageError)
+                            and attempt < MAX_ATTEMPTS
+                            and self._retryable(err.__cause__)
+                        ):
+                            time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+                            continue
+                        if err is exc:
+                            raise
+                        raise err from _cause(exc)
+                finally:
+                    unit.conn, unit.running = None, None
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._local_lock is None:
+            yield
+        else:
+            with self._local_lock:
+                yield
+
+    def _conn(self) -> Connection:
+        conn = self._unit.conn
+        assert conn is not None, "only inside a unit"
+        return conn
+
+    def _guard(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except SQLAlchemyError as exc:
+            raise _storage_error(what, exc) from _cause(exc)
+
+    def _read(self, what: str, fn: Callable[[], T]) -> T:
+        if self._unit.conn is not None:
+            return self._guard(what, fn)
+        return self.atomically(lambda: self._guard(what, fn))
+
+    def _workers(
+        self, what: str, *where: sa.ColumnElement[bool], join: bool = True
+    ) -> list[Worker]:
+        t = self._t
+
+        def run() -> list[Worker]:
+            conn = self._conn()
+            if not join or self._unit.running is None:
+                rows = conn.execute(sa.select(*self._w_cols).where(*where))
+                return [self._worker(r) for r in rows]
+            a = t.a
+            on = sa.and_(
+                a["worker_id"] == t.w["id"],
+                a["status"] == self._astatus[AssignmentStatus.RUNNING],
+            )
+            stmt = (
+                sa.select(*self._w_cols, *self._a_cols)
+                .select_from(t.workers.outerjoin(t.assignments, on))
+                .where(*where)
+            )
+            n = len(self._w_cols)
+            workers: dict[str, Worker] = {}
+            running: dict[str, list[Assignment]] = {}
+            for row in conn.execute(stmt):
+                wid = row[0]
+                if wid not in workers:
+                    workers[wid] = self._worker(row[:n])
+                    running[wid] = []
+                if row[n] is not None:
+                    running[wid].append(self._assignment(row[n:]))
+            cache = self._unit.running
+            if cache is not None:
+                cache.update(running)
+            return list(workers.values())
+
+        return self._read(what, run)
+
+    def _worker(self, row: Sequence[Any]) -> Worker:
+        (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row
+        try:
+            return Worker(
+                id=wid,
+                ip=ip,
+                hostname=hostname,
+                created_at=created_at,
+                last_seen=last_seen,
+                status=self._wstatus_back[status],
+                stale=bool(stale),
+                assignment_id=aid,
+                ended_at=ended_at,
+                merged_into=merged,
+            )
+        except (KeyError, InvalidInput) as exc:
+            raise StorageError(f"worker row {wid!r} cannot be read: {exc!r}") from exc
+
+    def _assignment(self, row: Sequence[Any]) -> Assignment:
+        (aid, status, worker_id, started_at, ended_at) = row
+        try:
+            return Assignment(
+                id=aid,
+                status=self._astatus_back[status],
+                worker_id=worker_id,
+                started_at=started_at,
+                ended_at=ended_at,
+            )
+        except (KeyError, InvalidInput) as exc:
+            raise StorageError(f"assignment row {aid!r} cannot be read: {exc!r}") from exc
+
+    def _worker_values(self, w: Worker) -> dict[str, Any]:
+        c = self._t.w
+        return {
+            c["id"].name: w.id,
+            c["ip"].name: w.ip,
+            c["hostname"].name: w.hostname,
+            c["created_at"].name: w.created_at,
+            c["last_seen"].name: w.last_seen,
+            c["status"].name: self._wstatus[w.status],
+            c["stale"].name: w.stale,
+            c["assignment_id"].name: w.assignment_id,
+            c["ended_at"].name: w.ended_at,
+            c["merged_into"].name: w.merged_into,
+        }
+
+    def _assignment_values(self, a: Assignment) -> dict[str, Any]:
+        c = self._t.a
+        return {
+            c["id"].name: a.id,
+            c["status"].name: self._astatus[a.status],
+            c["worker_id"].name: a.worker_id,
+            c["started_at"].name: a.started_at,
+            c["ended_at"].name: a.ended_at,
+        }
+
+    def _utc_now_sql(self) -> Any:
+        if self._backend == "postgresql":
+            return sa.text("(now() AT TIME ZONE 'UTC')")
+        if self._backend in ("mysql", "mariadb"):
+            return sa.text("UTC_TIMESTAMP(3)")
+        return sa.text("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+
+    def _retryable(self, cause: BaseException | None) -> bool:
+        if cause is None:
+            return False
+        if self._backend == "postgresql":
+            return getattr(cause, "sqlstate", None) in ("40001", "40P01")
+        if self._backend in ("mysql", "mariadb"):
+            args: tuple[Any, ...] = tuple(getattr(cause, "args", ()))
+            return bool(args) and args[0] in (1213, 1205)
+        text = str(cause).lower()
+        return "database is locked" in text or "database is busy" in text
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Make every transaction ``BEGIN IMMEDIATE`` and enforce foreign keys."""
+    if getattr(engine, "_workermatch_configured", False):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver must not BEGIN on its own
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine._workermatch_configured = True  # type: ignore[attr-defined]
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The driver's exception behind a SQLAlchemy one."""
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
+        return exc.orig
+    return exc
+
+
+def _storage_error(what: str, exc: BaseException) -> StorageError:
+    cause = _cause(exc)
+    return StorageError(f"the database failed while {what}: {type(cause).__name__}: {cause}")
+
+
+def _quiet_rollback(conn: Connection) -> None:
+    with contextlib.suppress(Exception):
+        conn.rollback()
