@@ -1,0 +1,859 @@
+"""One test per rule of the priority chain, and per ranking, veto and session decision.
+
+Each test seeds an in-memory store directly (``repo.write``), asks for a decision or applies an
+event, and checks what a user would see: which worker the request landed on, by which rule,
+whether it was flagged ambiguous, and what the explanation says.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import workermatch as wm
+
+NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
+A = wm.AssignmentStatus
+S = wm.WorkerStatus
+
+
+def at(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+def new_repo() -> wm.InMemoryWorkerRepository:
+    return wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids("n"))
+
+
+def seed(
+    repo: wm.InMemoryWorkerRepository,
+    wid: str,
+    ip: str,
+    *,
+    hostname: str | None = None,
+    created: float = -60,
+    seen: float = -1,
+    running: str | None = None,
+    session: str | None = None,
+    stale: bool = False,
+    ended: float | None = None,
+    merged_into: str | None = None,
+) -> wm.Worker:
+    """Put a worker (and the RUNNING assignment ``running`` it holds) into ``repo``.
+
+    Times are seconds relative to ``NOW``.
+    """
+    worker = wm.Worker(
+        id=wid,
+        ip=ip,
+        hostname=hostname,
+        created_at=at(created),
+        last_seen=at(seen),
+        status=S.RUNNING if running else S.IDLE,
+        stale=stale,
+        assignment_id=running or session,
+        ended_at=None if ended is None else at(ended),
+        merged_into=merged_into,
+    )
+    writes: list[wm.Write] = [wm.InsertWorker(worker=worker)]
+    if running:
+        writes.append(
+            wm.InsertAssignment(
+                assignment=wm.Assignment(
+                    id=running, status=A.RUNNING, worker_id=wid, started_at=at(created)
+                )
+            )
+        )
+    repo.write(writes)
+    return worker
+
+
+def add_assignment(
+    repo: wm.InMemoryWorkerRepository, aid: str, status: wm.AssignmentStatus = A.PENDING
+) -> None:
+    repo.write([wm.InsertAssignment(assignment=wm.Assignment(id=aid, status=status))])
+
+
+def decide(
+    repo: wm.InMemoryWorkerRepository,
+    ip: str,
+    *,
+    hostname: str | None = None,
+    worker_id: str | None = None,
+    assignment_id: str | None = None,
+    now: datetime = NOW,
+    policy: wm.Policy = wm.DEFAULT_POLICY,
+) -> wm.Decision:
+    identity = wm.Identity(
+        ip=ip, hostname=hostname, worker_id=worker_id, assignment_id=assignment_id
+    )
+    return wm.match_worker(identity, now, repo, policy)
+
+
+def report(decision: wm.Decision, rule: wm.Rule) -> wm.RuleReport:
+    (found,) = [r for r in decision.reports if r.rule is rule]
+    return found
+
+
+def verdicts(decision: wm.Decision, rule: wm.Rule) -> dict[str, tuple[wm.Verdict, str]]:
+    return {c.worker_id: (c.verdict, c.reason) for c in report(decision, rule).candidates}
+
+
+def worker(repo: wm.InMemoryWorkerRepository, wid: str) -> wm.Worker:
+    w = repo.get_worker(wid)
+    assert w is not None
+    return w
+
+
+def assignment(repo: wm.InMemoryWorkerRepository, aid: str) -> wm.Assignment:
+    a = repo.get_assignment(aid)
+    assert a is not None
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 1: the worker_id hint
+
+
+class TestWorkerIdHint:
+    def test_a_hint_naming_a_live_worker_wins_over_an_exact_ip_match(self) -> None:
+        repo = new_repo()
+        seed(repo, "ip-match", "10.0.0.1")
+        seed(repo, "hinted", "10.9.9.9")
+        d = decide(repo, "10.0.0.1", worker_id="hinted")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.WORKER_ID, "hinted", False)
+        assert report(d, wm.Rule.EXACT_IP).outcome == "not reached"
+
+    def test_a_hint_naming_a_merged_worker_follows_the_forward_pointer(self) -> None:
+        repo = new_repo()
+        seed(repo, "survivor", "10.0.0.1")
+        seed(repo, "duplicate", "10.0.0.2", merged_into="survivor")
+        d = decide(repo, "10.0.0.3", worker_id="duplicate")
+        assert (d.rule, d.worker_id) == (wm.Rule.WORKER_ID, "survivor")
+        assert "merged into survivor" in report(d, wm.Rule.WORKER_ID).detail
+
+    def test_an_unknown_hint_falls_through_and_says_why(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1")
+        d = decide(repo, "10.0.0.1", worker_id="no-such-worker")
+        assert (d.rule, d.worker_id) == (wm.Rule.EXACT_IP, "w1")
+        assert report(d, wm.Rule.WORKER_ID).outcome == "no candidates"
+        assert verdicts(d, wm.Rule.WORKER_ID) == {
+            "no-such-worker": (wm.Verdict.REJECTED, "no such worker")
+        }
+
+    def test_a_hint_naming_a_worker_silent_past_stale_after_falls_through(self) -> None:
+        repo = new_repo()
+        seed(repo, "old", "10.0.0.1", seen=-301)
+        d = decide(repo, "10.0.0.2", worker_id="old")
+        assert d.rule is wm.Rule.CREATED
+        verdict, reason = verdicts(d, wm.Rule.WORKER_ID)["old"]
+        assert verdict is wm.Verdict.REJECTED
+        assert "past stale_after" in reason
+
+    def test_a_hint_naming_a_flagged_worker_falls_through(self) -> None:
+        repo = new_repo()
+        seed(repo, "flagged", "10.0.0.1", stale=True)
+        d = decide(repo, "10.0.0.1", worker_id="flagged")
+        assert d.rule is wm.Rule.CREATED
+        assert verdicts(d, wm.Rule.WORKER_ID)["flagged"] == (
+            wm.Verdict.REJECTED,
+            "is flagged stale",
+        )
+
+    def test_a_hint_naming_a_worker_of_another_hostname_is_vetoed(self) -> None:
+        # A configuration file copied between machines carries the other machine's worker id.
+        repo = new_repo()
+        seed(repo, "theirs", "10.0.0.1", hostname="alpha")
+        d = decide(repo, "10.0.0.2", hostname="beta", worker_id="theirs")
+        assert d.rule is wm.Rule.CREATED
+        assert "hostname veto" in verdicts(d, wm.Rule.WORKER_ID)["theirs"][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 2: the assignment hint
+
+
+class TestAssignmentHint:
+    def test_a_running_assignment_resolves_to_its_live_holder_from_any_ip(self) -> None:
+        repo = new_repo()
+        seed(repo, "holder", "10.0.0.1", running="A1")
+        seed(repo, "same-ip", "10.0.0.2")
+        d = decide(repo, "10.0.0.2", assignment_id="A1")
+        assert (d.rule, d.worker_id) == (wm.Rule.ASSIGNMENT, "holder")
+
+    @pytest.mark.parametrize(
+        ("setup", "says"),
+        [
+            ("missing", "does not exist"),
+            ("pending", "PENDING and held by no worker"),
+            ("completed", "COMPLETED"),
+        ],
+    )
+    def test_a_hint_naming_no_running_assignment_falls_through(self, setup: str, says: str) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1")
+        if setup == "pending":
+            add_assignment(repo, "A1")
+        elif setup == "completed":
+            add_assignment(repo, "A1", A.COMPLETED)
+        d = decide(repo, "10.0.0.1", assignment_id="A1")
+        assert (d.rule, d.worker_id) == (wm.Rule.EXACT_IP, "w1")
+        assert says in report(d, wm.Rule.ASSIGNMENT).detail
+
+    def test_a_hint_whose_holder_is_stale_falls_through(self) -> None:
+        repo = new_repo()
+        seed(repo, "silent", "10.0.0.1", running="A1", seen=-400)
+        d = decide(repo, "10.0.0.2", assignment_id="A1")
+        assert d.rule is wm.Rule.CREATED
+        assert verdicts(d, wm.Rule.ASSIGNMENT)["silent"][0] is wm.Verdict.REJECTED
+
+    def test_a_hint_whose_holder_has_another_hostname_is_vetoed(self) -> None:
+        repo = new_repo()
+        seed(repo, "holder", "10.0.0.1", hostname="alpha", running="A1")
+        d = decide(repo, "10.0.0.1", hostname="beta", assignment_id="A1")
+        assert d.rule is wm.Rule.CREATED
+        assert "hostname veto" in verdicts(d, wm.Rule.ASSIGNMENT)["holder"][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 3 (exact IP), 4 (recent orphan), 5 (hostname)
+
+
+class TestExactIp:
+    def test_a_live_worker_with_the_requests_ip_matches(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1")
+        seed(repo, "w2", "10.0.0.2")
+        d = decide(repo, "10.0.0.2")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "w2", False)
+
+    def test_a_stale_worker_with_the_requests_ip_does_not_match(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", seen=-301)
+        assert decide(repo, "10.0.0.1").rule is wm.Rule.CREATED
+
+    def test_an_ipv6_request_matches_a_worker_stored_in_another_spelling(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "2001:DB8:0:0::1")
+        assert decide(repo, "[2001:db8::0001]").worker_id == "w1"
+
+
+class TestRecentOrphan:
+    def test_a_claim_worker_without_hostname_is_taken_even_when_fed_recently(self) -> None:
+        # The GUI started 20 s after the claim: the default policy still takes the claim's
+        # worker, because it has no hostname yet (what the real system kept).
+        repo = new_repo()
+        seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
+        d = decide(repo, "10.0.0.2", hostname="box")
+        assert (d.rule, d.worker_id) == (wm.Rule.RECENT_ORPHAN, "claim")
+
+    def test_a_worker_with_a_hostname_that_is_being_fed_is_not_an_orphan(self) -> None:
+        repo = new_repo()
+        seed(repo, "fed", "10.0.0.1", hostname="other", created=-60, seen=-5, running="A1")
+        d = decide(repo, "10.0.0.2")
+        assert d.rule is wm.Rule.CREATED
+        verdict, reason = verdicts(d, wm.Rule.RECENT_ORPHAN)["fed"]
+        assert verdict is wm.Verdict.REJECTED
+        assert "another live stream feeds it" in reason
+
+    def test_a_worker_with_a_hostname_quiet_for_the_quiet_period_is_an_orphan(self) -> None:
+        repo = new_repo()
+        seed(repo, "quiet", "10.0.0.1", hostname="box", created=-60, seen=-31, running="A1")
+        d = decide(repo, "10.0.0.2")
+        assert (d.rule, d.worker_id) == (wm.Rule.RECENT_ORPHAN, "quiet")
+
+    @pytest.mark.parametrize(
+        ("seen", "orphan"),
+        [(-30.0, False), (-30.001, True)],
+        ids=["exactly-the-quiet-period-is-not-quiet", "one-ms-more-is-quiet"],
+    )
+    def test_quiet_means_strictly_longer_than_the_quiet_period(
+        self, seen: float, orphan: bool
+    ) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", created=-60, seen=seen, running="A1")
+        policy = wm.DEFAULT_POLICY.evolve(orphan_condition=wm.OrphanCondition.QUIET)
+        d = decide(repo, "10.0.0.2", policy=policy)
+        assert d.rule is (wm.Rule.RECENT_ORPHAN if orphan else wm.Rule.CREATED)
+
+    def test_the_notes_quiet_condition_refuses_a_fresh_claim_worker(self) -> None:
+        repo = new_repo()
+        seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
+        d = decide(repo, "10.0.0.2", hostname="box", policy=wm.NOTE_POLICY)
+        assert d.rule is wm.Rule.CREATED
+        assert "within the quiet period of 30 s" in verdicts(d, wm.Rule.RECENT_ORPHAN)["claim"][1]
+
+    def test_the_any_condition_takes_a_worker_fed_a_second_ago(self) -> None:
+        repo = new_repo()
+        seed(repo, "fed", "10.0.0.1", hostname="other", created=-60, seen=-1, running="A1")
+        policy = wm.DEFAULT_POLICY.evolve(orphan_condition=wm.OrphanCondition.ANY)
+        assert decide(repo, "10.0.0.2", policy=policy).worker_id == "fed"
+
+    @pytest.mark.parametrize(
+        ("created", "orphan"),
+        [(-300.0, True), (-300.001, False)],
+        ids=["created-exactly-orphan-window-ago", "one-ms-earlier"],
+    )
+    def test_the_orphan_window_is_inclusive_at_its_edge(self, created: float, orphan: bool) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", created=created, seen=-40, running="A1")
+        d = decide(repo, "10.0.0.2")
+        assert d.rule is (wm.Rule.RECENT_ORPHAN if orphan else wm.Rule.CREATED)
+
+    def test_a_recent_worker_without_a_running_assignment_is_no_orphan(self) -> None:
+        repo = new_repo()
+        seed(repo, "idle", "10.0.0.1", created=-20, seen=-20)
+        assert decide(repo, "10.0.0.2").rule is wm.Rule.CREATED
+
+    def test_taking_an_orphan_moves_it_to_the_requests_ip_and_hostname(self) -> None:
+        repo = new_repo()
+        seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.2", hostname="Box"), NOW, repo)
+        assert (out.rule, out.worker.id) == (wm.Rule.RECENT_ORPHAN, "claim")
+        w = worker(repo, "claim")
+        assert (w.ip, w.hostname, w.last_seen) == ("10.0.0.2", "box", NOW)
+
+
+class TestHostname:
+    def test_a_request_with_a_known_hostname_from_a_new_ip_takes_that_worker(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", hostname="box", created=-3600, seen=-60)
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.9", hostname="BOX."), NOW, repo)
+        assert (out.rule, out.worker.id, out.created) == (wm.Rule.HOSTNAME, "w1", False)
+        assert worker(repo, "w1").ip == "10.0.0.9"
+
+    @pytest.mark.parametrize(
+        ("seen", "matches"),
+        [(-120.0, True), (-120.001, False)],
+        ids=["seen-exactly-hostname-window-ago", "one-ms-earlier"],
+    )
+    def test_the_hostname_window_is_inclusive_at_its_edge(self, seen: float, matches: bool) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", hostname="box", created=-3600, seen=seen)
+        policy = wm.DEFAULT_POLICY.evolve(hostname_window=timedelta(minutes=2))
+        d = decide(repo, "10.0.0.9", hostname="box", policy=policy)
+        assert d.rule is (wm.Rule.HOSTNAME if matches else wm.Rule.CREATED)
+
+    def test_a_request_without_hostname_skips_the_rule_and_says_so(self) -> None:
+        repo = new_repo()
+        d = decide(repo, "10.0.0.9")
+        assert report(d, wm.Rule.HOSTNAME).outcome == "not applicable"
+        assert report(d, wm.Rule.HOSTNAME).detail == "the request carries no hostname"
+
+
+# ---------------------------------------------------------------------------------------------
+# Create, and transfer from stale workers
+
+
+class TestCreateAndTransfer:
+    def test_nothing_matches_so_a_worker_is_created_with_the_requests_identity(self) -> None:
+        repo = new_repo()
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="Box"), NOW, repo)
+        assert (out.rule, out.created, out.worker.id) == (wm.Rule.CREATED, True, "n1")
+        assert worker(repo, "n1") == wm.Worker(
+            id="n1", ip="10.0.0.1", hostname="box", created_at=NOW, last_seen=NOW
+        )
+
+    def test_running_work_of_a_stale_worker_with_the_same_ip_moves_to_the_new_one(self) -> None:
+        repo = new_repo()
+        seed(repo, "silent", "10.0.0.1", created=-3600, seen=-400, running="A1")
+        out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), NOW, repo)
+        assert (out.created, out.transferred) == (True, ("A1",))
+        assert assignment(repo, "A1").worker_id == out.worker.id
+        assert assignment(repo, "A1").status is A.RUNNING
+        assert worker(repo, out.worker.id).status is S.RUNNING
+        old = worker(repo, "silent")
+        assert (old.stale, old.status) == (True, S.IDLE)
+        assert "moved RUNNING A1 from stale workers" in out.explain()
+
+    def test_running_work_of_a_stale_worker_with_the_same_hostname_moves_too(self) -> None:
+        repo = new_repo()
+        seed(repo, "silent", "10.0.0.1", hostname="box", created=-3600, seen=-400, running="A1")
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.7", hostname="box"), NOW, repo)
+        assert out.transferred == ("A1",)
+        assert assignment(repo, "A1").worker_id == out.worker.id
+
+    def test_a_stale_worker_of_another_hostname_keeps_its_work(self) -> None:
+        repo = new_repo()
+        seed(repo, "other", "10.0.0.1", hostname="alpha", created=-3600, seen=-400, running="A1")
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="beta"), NOW, repo)
+        assert (out.created, out.transferred) == (True, ())
+        assert assignment(repo, "A1").worker_id == "other"
+
+    def test_a_claim_never_receives_transferred_work(self) -> None:
+        repo = new_repo()
+        seed(repo, "silent", "10.0.0.1", created=-3600, seen=-400, running="A1")
+        add_assignment(repo, "A2")
+        out = wm.apply_event(wm.Event.claim("10.0.0.1", "A2"), NOW, repo)
+        assert (out.created, out.transferred) == (True, ())
+        assert assignment(repo, "A1").worker_id == "silent"
+
+    def test_a_policy_without_transfers_leaves_stale_work_in_place(self) -> None:
+        repo = new_repo()
+        seed(repo, "silent", "10.0.0.1", created=-3600, seen=-400, running="A1")
+        policy = wm.DEFAULT_POLICY.evolve(transfer_stale=False)
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.1"), NOW, repo, policy)
+        assert out.transferred == ()
+        assert assignment(repo, "A1").worker_id == "silent"
+
+
+# ---------------------------------------------------------------------------------------------
+# The hostname veto, in every rule that can see a different hostname
+
+
+class TestHostnameVeto:
+    def test_exact_ip_never_joins_two_machines_behind_one_nat(self) -> None:
+        repo = new_repo()
+        seed(repo, "alpha", "192.0.2.1", hostname="alpha")
+        d = decide(repo, "192.0.2.1", hostname="beta")
+        assert d.rule is wm.Rule.CREATED
+        verdict, reason = verdicts(d, wm.Rule.EXACT_IP)["alpha"]
+        assert verdict is wm.Verdict.REJECTED
+        assert reason == "hostname veto: its hostname alpha differs from beta"
+
+    def test_a_recent_orphan_of_another_hostname_is_vetoed(self) -> None:
+        repo = new_repo()
+        seed(repo, "alpha", "10.0.0.1", hostname="alpha", created=-60, seen=-40, running="A1")
+        d = decide(repo, "10.0.0.2", hostname="beta")
+        assert d.rule is wm.Rule.CREATED
+        assert "hostname veto" in verdicts(d, wm.Rule.RECENT_ORPHAN)["alpha"][1]
+
+    def test_a_worker_with_unknown_hostname_is_not_vetoed(self) -> None:
+        repo = new_repo()
+        seed(repo, "anon", "192.0.2.1")
+        assert decide(repo, "192.0.2.1", hostname="beta").worker_id == "anon"
+
+    def test_without_the_veto_the_note_joins_two_machines_behind_one_nat(self) -> None:
+        repo = new_repo()
+        seed(repo, "alpha", "192.0.2.1", hostname="alpha")
+        d = decide(repo, "192.0.2.1", hostname="beta", policy=wm.NOTE_POLICY)
+        assert (d.rule, d.worker_id) == (wm.Rule.EXACT_IP, "alpha")
+
+    def test_the_veto_keeps_a_known_hostname_when_the_worker_is_touched(self) -> None:
+        # Without the veto (note policy) a request's hostname overwrites the worker's.
+        repo = new_repo()
+        seed(repo, "alpha", "192.0.2.1", hostname="alpha")
+        wm.apply_event(wm.Event.heartbeat("192.0.2.1", hostname="beta"), NOW, repo, wm.NOTE_POLICY)
+        assert worker(repo, "alpha").hostname == "beta"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking and ambiguity
+
+
+class TestRanking:
+    def test_agreement_before_ignorance_two_machines_behind_one_nat(self) -> None:
+        # Machine alpha runs A1 behind the NAT address; machine beta claims A2 from the same
+        # address.  beta's claim worker has no hostname yet and was seen last, yet alpha's next
+        # heartbeat must land on alpha's worker; beta's heartbeat then lands on beta's.
+        repo = new_repo()
+        nat = "192.0.2.1"
+        add_assignment(repo, "A1")
+        add_assignment(repo, "A2")
+        wm.apply_event(wm.Event.claim(nat, "A1"), at(0), repo)
+        wm.apply_event(wm.Event.heartbeat(nat, hostname="alpha"), at(5), repo)
+        beta_claim = wm.apply_event(wm.Event.claim(nat, "A2"), at(60), repo)
+        assert (beta_claim.created, beta_claim.worker.id) == (True, "n2")
+
+        alpha = wm.apply_event(wm.Event.heartbeat(nat, hostname="alpha"), at(65), repo)
+        assert (alpha.worker.id, alpha.rule, alpha.ambiguous) == ("n1", wm.Rule.EXACT_IP, True)
+        assert verdicts(alpha.decision, wm.Rule.EXACT_IP)["n2"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below n1 on hostname_agrees",
+        )
+        beta = wm.apply_event(wm.Event.heartbeat(nat, hostname="beta"), at(70), repo)
+        assert (beta.worker.id, beta.ambiguous) == ("n2", False)
+        assert [(w.id, w.hostname) for w in sorted(repo.all_workers(), key=lambda w: w.id)] == [
+            ("n1", "alpha"),
+            ("n2", "beta"),
+        ]
+
+    def test_a_worker_holding_a_running_assignment_is_preferred(self) -> None:
+        repo = new_repo()
+        seed(repo, "idle", "10.0.0.1", seen=-1)
+        seed(repo, "busy", "10.0.0.1", seen=-10, running="A1")
+        d = decide(repo, "10.0.0.1")
+        assert (d.worker_id, d.ambiguous) == ("busy", True)
+        assert verdicts(d, wm.Rule.EXACT_IP)["idle"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below busy on holds_running",
+        )
+
+    def test_a_live_session_is_preferred_to_one_that_ended(self) -> None:
+        repo = new_repo()
+        seed(repo, "ended", "10.0.0.1", seen=-1, session="A0", ended=-2)
+        seed(repo, "live", "10.0.0.1", seen=-10)
+        d = decide(repo, "10.0.0.1")
+        assert d.worker_id == "live"
+        assert verdicts(d, wm.Rule.EXACT_IP)["ended"][1] == "ranked below live on live_session"
+
+    def test_then_the_most_recently_seen(self) -> None:
+        repo = new_repo()
+        seed(repo, "earlier", "10.0.0.1", seen=-10, running="A1")
+        seed(repo, "later", "10.0.0.1", seen=-2, running="A2")
+        d = decide(repo, "10.0.0.1")
+        assert d.worker_id == "later"
+        assert verdicts(d, wm.Rule.EXACT_IP)["earlier"][1] == "ranked below later on recently_seen"
+
+    def test_then_the_newest_and_finally_the_smallest_id(self) -> None:
+        repo = new_repo()
+        seed(repo, "b-old", "10.0.0.1", created=-100)
+        seed(repo, "c-new", "10.0.0.1", created=-50)
+        seed(repo, "a-new", "10.0.0.1", created=-50)
+        d = decide(repo, "10.0.0.1")
+        assert d.worker_id == "a-new"
+        assert verdicts(d, wm.Rule.EXACT_IP) == {
+            "a-new": (wm.Verdict.TAKEN, d.reports[2].candidates[0].reason),
+            "c-new": (
+                wm.Verdict.OUTRANKED,
+                "ranked below a-new on worker id (every criterion tied)",
+            ),
+            "b-old": (wm.Verdict.OUTRANKED, "ranked below a-new on newest"),
+        }
+
+    def test_the_notes_first_match_wins_takes_the_earliest_created(self) -> None:
+        repo = new_repo()
+        seed(repo, "first", "10.0.0.1", created=-100, seen=-50)
+        seed(repo, "second", "10.0.0.1", created=-50, seen=-1, running="A1")
+        assert decide(repo, "10.0.0.1", policy=wm.NOTE_POLICY).worker_id == "first"
+
+
+class TestAmbiguity:
+    def test_one_eligible_candidate_among_rejected_ones_is_not_ambiguous(self) -> None:
+        repo = new_repo()
+        seed(repo, "alpha", "192.0.2.1", hostname="alpha")
+        seed(repo, "beta", "192.0.2.1", hostname="beta")
+        d = decide(repo, "192.0.2.1", hostname="beta")
+        assert (d.worker_id, d.ambiguous) == ("beta", False)
+
+    def test_tie_break_takes_the_best_ranked_and_flags_it(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", seen=-5)
+        seed(repo, "w2", "10.0.0.1", seen=-1)
+        d = decide(repo, "10.0.0.1")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "w2", True)
+        assert d.to_dict()["ambiguous"] is True
+        assert "(ambiguous)" in d.explain().splitlines()[0]
+
+    def test_skip_rule_passes_over_the_ambiguous_rule_and_prefers_a_duplicate(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", seen=-5)
+        seed(repo, "w2", "10.0.0.1", seen=-1)
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.SKIP_RULE)
+        d = decide(repo, "10.0.0.1", policy=policy)
+        assert (d.rule, d.ambiguous) == (wm.Rule.CREATED, False)
+        rep = report(d, wm.Rule.EXACT_IP)
+        assert rep.outcome == "passed over"
+        assert {c.worker_id: c.verdict for c in rep.candidates} == {
+            "w1": wm.Verdict.PASSED_OVER,
+            "w2": wm.Verdict.PASSED_OVER,
+        }
+
+    def test_skip_rule_lets_a_later_rule_decide(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", seen=-5)
+        seed(repo, "w2", "10.0.0.1", seen=-1)
+        seed(repo, "by-name", "10.0.0.5", hostname="box", seen=-1)
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.SKIP_RULE)
+        d = decide(repo, "10.0.0.1", hostname="box", policy=policy)
+        # w1 and w2 have no hostname: both eligible under exact IP, so the rule is passed over.
+        assert (d.rule, d.worker_id) == (wm.Rule.HOSTNAME, "by-name")
+
+    def test_refuse_raises_ambiguous_match_carrying_the_decision(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", seen=-5)
+        seed(repo, "w2", "10.0.0.1", seen=-1)
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.REFUSE)
+        with pytest.raises(wm.AmbiguousMatch, match="found 2 candidates") as info:
+            decide(repo, "10.0.0.1", policy=policy)
+        decision = info.value.decision
+        assert isinstance(decision, wm.Decision)
+        assert decision.ambiguous
+        assert set(verdicts(decision, wm.Rule.EXACT_IP)) == {"w1", "w2"}
+
+    def test_refuse_lets_an_unambiguous_match_through(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1")
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.REFUSE)
+        assert decide(repo, "10.0.0.1", policy=policy).worker_id == "w1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: claims
+
+
+class TestClaimSessions:
+    def test_a_claim_joins_a_worker_an_early_heartbeat_created(self) -> None:
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        first = wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="box"), at(0), repo)
+        claim = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(3), repo)
+        assert (claim.worker.id, claim.created, claim.rule) == (
+            first.worker.id,
+            False,
+            wm.Rule.EXACT_IP,
+        )
+        w = worker(repo, first.worker.id)
+        assert (w.status, w.assignment_id) == (S.RUNNING, "A1")
+        assert assignment(repo, "A1") == wm.Assignment(
+            id="A1", status=A.RUNNING, worker_id=first.worker.id, started_at=at(3)
+        )
+
+    def test_a_repeated_claim_is_idempotent(self) -> None:
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        first = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo)
+        again = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(2), repo)
+        assert (again.worker.id, again.idempotent, again.created) == (first.worker.id, True, False)
+        assert "repeated claim" in again.explain()
+        assert len(repo.all_workers()) == 1
+        assert assignment(repo, "A1").started_at == at(0)
+        assert worker(repo, first.worker.id).last_seen == at(2)
+
+    def test_a_claim_of_an_assignment_running_on_another_live_worker_is_refused(self) -> None:
+        repo = new_repo()
+        seed(repo, "holder", "10.0.0.1", hostname="alpha", running="A1", seen=-10)
+        before = (repo.all_workers(), repo.all_assignments())
+        with pytest.raises(wm.ClaimRefused) as info:
+            wm.apply_event(wm.Event.claim("10.0.0.2", "A1", hostname="beta"), NOW, repo)
+        assert (info.value.reason, info.value.assignment_id, info.value.holder) == (
+            "running_elsewhere",
+            "A1",
+            "holder",
+        )
+        assert (repo.all_workers(), repo.all_assignments()) == before
+
+    @pytest.mark.parametrize("status", [A.COMPLETED, A.FAILED, A.CANCELLED])
+    def test_a_claim_of_a_finished_assignment_is_refused(self, status: wm.AssignmentStatus) -> None:
+        repo = new_repo()
+        add_assignment(repo, "A1", status)
+        with pytest.raises(wm.ClaimRefused, match=f"already {status.value}") as info:
+            wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), NOW, repo)
+        assert info.value.reason == "already_finished"
+        assert repo.all_workers() == []
+
+    def test_a_claim_of_an_unknown_assignment_is_refused_unless_asked_to_create_it(self) -> None:
+        repo = new_repo()
+        with pytest.raises(wm.ClaimRefused) as info:
+            wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), NOW, repo)
+        assert info.value.reason == "unknown_assignment"
+        out = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), NOW, repo, create_assignments=True)
+        assert assignment(repo, "A1").worker_id == out.worker.id
+
+    def test_a_claim_takes_over_from_a_stale_holder(self) -> None:
+        repo = new_repo()
+        seed(repo, "lost", "10.0.0.1", running="A1", created=-3600, seen=-301)
+        out = wm.apply_event(wm.Event.claim("10.0.0.2", "A1"), NOW, repo)
+        assert out.created
+        assert assignment(repo, "A1").worker_id == out.worker.id
+        assert worker(repo, "lost").status is S.IDLE
+
+    def test_a_claim_never_joins_a_worker_of_another_session(self) -> None:
+        # Batch mode: the next claim comes from the same machine 4 s after "finished".
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        add_assignment(repo, "A2")
+        first = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo)
+        wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), at(200), repo)
+        second = wm.apply_event(wm.Event.claim("10.0.0.1", "A2"), at(204), repo)
+        assert second.created
+        assert second.worker.id != first.worker.id
+        reason = verdicts(second.decision, wm.Rule.EXACT_IP)[first.worker.id][1]
+        assert (
+            reason == "session rule: it runs or ran assignment A1, so a claim starts a new worker"
+        )
+
+    def test_a_claim_does_not_join_an_ended_session_without_assignment(self) -> None:
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        seed(repo, "ended", "10.0.0.1", ended=-2)
+        out = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), NOW, repo)
+        assert out.created
+        assert "session rule: its session ended" in out.explain()
+
+    def test_without_sessions_the_last_claimer_wins(self) -> None:
+        repo = new_repo()
+        seed(repo, "holder", "10.0.0.1", running="A1", seen=-10)
+        out = wm.apply_event(wm.Event.claim("10.0.0.2", "A1"), NOW, repo, wm.NOTE_POLICY)
+        assert assignment(repo, "A1").worker_id == out.worker.id != "holder"
+        assert worker(repo, "holder").status is S.IDLE
+
+    def test_without_sessions_a_second_claim_joins_the_previous_sessions_worker(self) -> None:
+        repo = new_repo()
+        add_assignment(repo, "A2")
+        seed(repo, "w1", "10.0.0.1", session="A1", ended=-4)
+        out = wm.apply_event(wm.Event.claim("10.0.0.1", "A2"), NOW, repo, wm.NOTE_POLICY)
+        assert (out.worker.id, out.worker.assignment_id) == ("w1", "A2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: the end of a session
+
+
+class TestSessionEnd:
+    def test_finished_completes_the_running_assignment_and_ends_the_session(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", running="A1")
+        out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), NOW, repo)
+        assert out.ended == ("A1",)
+        assert assignment(repo, "A1").status is A.COMPLETED
+        assert assignment(repo, "A1").ended_at == NOW
+        w = worker(repo, "w1")
+        assert (w.status, w.ended_at, w.assignment_id) == (S.IDLE, NOW, "A1")
+
+    def test_fatal_error_fails_the_running_assignment(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", running="A1")
+        out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "fatal_error"), NOW, repo)
+        assert out.ended == ("A1",)
+        assert assignment(repo, "A1").status is A.FAILED
+        assert worker(repo, "w1").status is S.ERROR
+
+    def test_finished_on_a_worker_holding_nothing_only_ends_its_session(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1")
+        out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), NOW, repo)
+        assert out.ended == ()
+        assert worker(repo, "w1").ended_at == NOW
+
+    def test_finished_on_a_heartbeat_is_just_a_heartbeat(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", running="A1")
+        wm.apply_event(wm.Event.heartbeat("10.0.0.1"), NOW, repo)
+        assert assignment(repo, "A1").status is A.RUNNING
+
+    @pytest.mark.parametrize(
+        ("after", "same_worker"),
+        [(3.0, True), (30.0, True), (30.001, False)],
+        ids=["trailing-3s", "grace-edge", "past-grace"],
+    )
+    def test_an_ended_worker_answers_trailing_messages_for_the_grace(
+        self, after: float, same_worker: bool
+    ) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", running="A1")
+        wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), NOW, repo)
+        out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(after), repo)
+        assert (out.worker.id == "w1") is same_worker
+        if not same_worker:
+            reason = verdicts(out.decision, wm.Rule.EXACT_IP)["w1"][1]
+            assert reason == (
+                "its session ended 30.001 s ago, past the grace of 30 s for trailing messages"
+            )
+
+    def test_the_next_sessions_heartbeat_does_not_land_on_the_previous_worker(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", hostname="box", running="A1")
+        wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), NOW, repo)
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="box"), at(45), repo)
+        assert out.created
+
+    def test_without_a_grace_limit_an_ended_worker_matches_until_stale(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", running="A1")
+        wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), NOW, repo, wm.NOTE_POLICY)
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.1"), at(290), repo, wm.NOTE_POLICY)
+        assert out.worker.id == "w1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Staleness and clocks
+
+
+class TestStaleness:
+    @pytest.mark.parametrize(
+        ("seen", "live"),
+        [(-300.0, True), (-300.001, False)],
+        ids=["exactly-stale-after-is-live", "one-ms-more-is-stale"],
+    )
+    def test_staleness_is_evaluated_at_now_without_any_sweep(self, seen: float, live: bool) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", seen=seen)
+        d = decide(repo, "10.0.0.1")
+        assert d.rule is (wm.Rule.EXACT_IP if live else wm.Rule.CREATED)
+        assert worker(repo, "w1").stale is False  # nobody swept; the decision did not need it
+
+    def test_a_last_seen_in_the_future_is_age_zero_not_an_error(self) -> None:
+        # Another server process with a clock 2 s ahead wrote last_seen.
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", hostname="box", created=-20, seen=2, running="A1")
+        assert decide(repo, "10.0.0.1").worker_id == "w1"
+        assert decide(repo, "10.0.0.2", hostname="box").worker_id == "w1"
+        out = wm.apply_event(wm.Event.heartbeat("10.0.0.1"), NOW, repo)
+        assert out.worker.last_seen == at(2)  # never moved backwards
+
+    def test_a_skewed_worker_is_not_mistaken_for_quiet(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", hostname="box", created=-20, seen=2, running="A1")
+        d = decide(repo, "10.0.0.2")
+        assert d.rule is wm.Rule.CREATED
+        assert verdicts(d, wm.Rule.RECENT_ORPHAN)["w1"][1].startswith(
+            "has a hostname and was seen 0 s ago"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The explanation
+
+
+class TestExplanation:
+    def scenario(self) -> wm.Decision:
+        repo = new_repo()
+        seed(repo, "vetoed", "10.0.0.1", hostname="other")
+        seed(repo, "older", "10.0.0.1", seen=-20)
+        seed(repo, "newer", "10.0.0.1", seen=-2)
+        return decide(repo, "10.0.0.1", hostname="box", worker_id="ghost")
+
+    def test_explain_names_every_candidate_and_what_became_of_it(self) -> None:
+        text = self.scenario().explain()
+        lines = text.splitlines()
+        assert lines[0] == (
+            "request(ip=10.0.0.1, hostname=box, worker_id=ghost) at 2025-11-06T12:00:00+00:00 "
+            "-> worker newer by rule exact_ip (ambiguous) [policy default]"
+        )
+        assert "  worker_id: no candidates - the hint names worker ghost" in lines
+        assert "    ghost: rejected - no such worker" in lines
+        assert "  assignment: not applicable - the request carries no assignment hint" in lines
+        assert any(line.startswith("    newer: taken - best of 2 candidates by ") for line in lines)
+        assert "    older: outranked - ranked below newer on recently_seen" in lines
+        assert "    vetoed: rejected - hostname veto: its hostname other differs from box" in lines
+        assert "  recent_orphan: not reached - exact_ip matched first" in lines
+        assert "  hostname: not reached - exact_ip matched first" in lines
+
+    def test_to_dict_is_json_ready_and_lists_the_same_candidates(self) -> None:
+        d = self.scenario()
+        data = json.loads(json.dumps(d.to_dict()))
+        assert {
+            k: data[k] for k in ("ip", "hostname", "rule", "worker", "created", "ambiguous")
+        } == {
+            "ip": "10.0.0.1",
+            "hostname": "box",
+            "rule": "exact_ip",
+            "worker": "newer",
+            "created": False,
+            "ambiguous": True,
+        }
+        assert [r["rule"] for r in data["reports"]] == [r.value for r in wm.DEFAULT_POLICY.chain]
+        (exact,) = [r for r in data["reports"] if r["rule"] == "exact_ip"]
+        assert {c["worker"]: c["verdict"] for c in exact["candidates"]} == {
+            "newer": "taken",
+            "older": "outranked",
+            "vetoed": "rejected",
+        }
+
+    def test_a_created_decision_explains_every_rule_that_found_nothing(self) -> None:
+        d = decide(new_repo(), "10.0.0.1")
+        assert (d.created, d.worker_id, d.worker) == (True, None, None)
+        assert (
+            d.explain().splitlines()[0].endswith("-> a new worker by rule created [policy default]")
+        )
+        assert [r.outcome for r in d.reports] == [
+            "not applicable",
+            "not applicable",
+            "no candidates",
+            "no candidates",
+            "not applicable",
+        ]
