@@ -260,8 +260,12 @@ class Policy:
 
     ranking: tuple[Criterion, ...] = attrs.field(
         default=(
-            Criterion.HOSTNAME_AGREES,
+            # A live session outranks an ended one before hostnames are compared: the next batch
+            # session's first heartbeat (same IP, same hostname) arrives within ended_grace of
+            # the previous session's end and must join the new session's claim worker, not the
+            # ended worker whose hostname is already known (guarantee 2, sessions stay apart).
             Criterion.LIVE_SESSION,
+            Criterion.HOSTNAME_AGREES,
             Criterion.HOLDS_RUNNING,
             Criterion.RECENTLY_SEEN,
             Criterion.NEWEST,
