@@ -504,6 +504,11 @@ class SQLWorkerRepository:
                         ):
                             time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
                             continue
+                        if isinstance(err, StorageError) and err.__cause__ is not None:
+                            # The connection may be dead or half-way through something: never
+                            # hand it back to the pool.
+                            with contextlib.suppress(Exception):
+                                conn.invalidate()
                         if err is exc:
                             raise
                         raise err from _cause(exc)
