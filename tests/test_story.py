@@ -1,8 +1,17 @@
-"""The design note's story, at the real client's timing."""
+"""The design note's story, at the real client's timing.
+
+The machine claims A1 from one IP without a hostname; its GUI starts ``gui_start`` seconds later
+behind a VPN that gives it another IP, sends its two start-up heartbeats at the same moment
+(from two threads), a heartbeat every 30 s, a stream of progress updates, five 100 % updates
+0.5 s apart and ``finished`` at 600 s (``real-system.md``).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from itertools import groupby
+
+import pytest
 
 import workermatch as wm
 
@@ -30,13 +39,40 @@ def story(gui_start: float) -> list[tuple[float, wm.Event]]:
     return events
 
 
-def replay(policy: wm.Policy, gui_start: float) -> wm.InMemoryWorkerRepository:
+def replay(
+    policy: wm.Policy, gui_start: float, *, without_transaction: bool = False
+) -> wm.InMemoryWorkerRepository:
+    """Apply the story's events in order and return the store.
+
+    ``without_transaction``: requests sent at the same moment are each decided before any of
+    them is written, as the real server's find-then-create without a transaction does.
+    """
     repo = wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids())
-    for offset, event in story(gui_start):
-        wm.apply_event(
-            event, T0 + timedelta(seconds=offset), repo, policy, create_assignments=True
-        )
+    for offset, group in groupby(story(gui_start), key=lambda pair: pair[0]):
+        now = T0 + timedelta(seconds=offset)
+        events = [event for _, event in group]
+        if without_transaction:
+            outcomes = [
+                wm.plan(
+                    e, now, repo, policy, create_assignments=True, new_worker_id=repo.new_worker_id
+                )
+                for e in events
+            ]
+            for outcome in outcomes:
+                repo.write(outcome.writes)
+        else:
+            for event in events:
+                wm.apply_event(event, now, repo, policy, create_assignments=True)
     return repo
+
+
+def summary(repo: wm.InMemoryWorkerRepository) -> list[tuple[str, str, str | None]]:
+    return [(w.id, w.ip, w.hostname) for w in sorted(repo.all_workers(), key=lambda w: w.id)]
+
+
+def the_assignment(repo: wm.InMemoryWorkerRepository) -> tuple[wm.AssignmentStatus, str | None]:
+    (assignment,) = repo.all_assignments()
+    return assignment.status, assignment.worker_id
 
 
 def test_default_policy_makes_one_worker_and_completes_the_assignment() -> None:
@@ -59,3 +95,80 @@ def test_note_policy_splits_a_fast_gui_start_and_strands_the_assignment() -> Non
     ]
     (assignment,) = repo.all_assignments()
     assert (assignment.status, assignment.worker_id) == (wm.AssignmentStatus.RUNNING, "w1")
+
+
+def test_default_policy_rules_along_the_story() -> None:
+    repo = wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids())
+    rules = [
+        wm.apply_event(
+            event, T0 + timedelta(seconds=offset), repo, create_assignments=True
+        ).decision
+        for offset, event in story(20.0)
+    ]
+    assert [d.rule for d in rules[:3]] == [
+        wm.Rule.CREATED,  # the claim
+        wm.Rule.RECENT_ORPHAN,  # the first start-up heartbeat takes the claim's worker
+        wm.Rule.EXACT_IP,  # the second one finds it by its new IP
+    ]
+    assert {d.rule for d in rules[3:]} == {wm.Rule.EXACT_IP}
+    assert not any(d.ambiguous for d in rules)
+
+
+@pytest.mark.parametrize("gui_start", [3.0, 20.0, 29.0, 45.0, 119.0, 180.0, 240.0])
+def test_default_policy_makes_one_worker_whenever_the_gui_starts(gui_start: float) -> None:
+    # Including a slow GUI start (2 to 4 minutes after the claim), past the note's 2 minutes.
+    repo = replay(wm.DEFAULT_POLICY, gui_start)
+    assert summary(repo) == [("w1", GUI_IP, "ug-gns0s34")]
+    assert the_assignment(repo) == (wm.AssignmentStatus.COMPLETED, "w1")
+
+
+@pytest.mark.parametrize("gui_start", [31.0, 45.0, 119.0])
+def test_note_policy_makes_one_worker_when_the_gui_starts_after_30_s(gui_start: float) -> None:
+    # The claim's worker has been quiet for more than 30 s and was created less than 2 min
+    # ago: the note's priority 2 takes it, exactly as its "Expected Behavior After Fix" says.
+    repo = replay(wm.NOTE_POLICY, gui_start)
+    assert summary(repo) == [("w1", GUI_IP, "ug-gns0s34")]
+    assert the_assignment(repo) == (wm.AssignmentStatus.COMPLETED, "w1")
+
+
+@pytest.mark.parametrize("gui_start", [3.0, 30.0])
+def test_note_policy_splits_every_gui_start_within_30_s(gui_start: float) -> None:
+    # At exactly 30 s the claim's worker is not yet "quiet" (lastSeen < thirtySecondsAgo).
+    repo = replay(wm.NOTE_POLICY, gui_start)
+    assert summary(repo) == [("w1", CLAIM_IP, None), ("w2", GUI_IP, "ug-gns0s34")]
+    assert the_assignment(repo) == (wm.AssignmentStatus.RUNNING, "w1")
+
+
+def test_note_policy_strands_the_assignment_when_the_gui_starts_after_2_min() -> None:
+    # Past the orphan window nothing links the GUI to the claim; the claim's worker goes stale
+    # at 5 min, but transfers only happen when a worker is created, and none is any more.
+    repo = replay(wm.NOTE_POLICY, 150.0)
+    assert summary(repo) == [("w1", CLAIM_IP, None), ("w2", GUI_IP, "ug-gns0s34")]
+    assert the_assignment(repo) == (wm.AssignmentStatus.RUNNING, "w1")
+
+
+def test_legacy_policy_makes_two_workers_even_when_every_request_is_atomic() -> None:
+    # Heartbeat: IP, then hostname, then create.  The claim's worker has neither.
+    repo = replay(wm.LEGACY_POLICY, 20.0)
+    assert summary(repo) == [("w1", CLAIM_IP, None), ("w2", GUI_IP, "ug-gns0s34")]
+    assert the_assignment(repo) == (wm.AssignmentStatus.RUNNING, "w1")
+
+
+def test_legacy_policy_without_a_transaction_makes_the_notes_three_workers() -> None:
+    # The note's "Current Problem": the two start-up heartbeats arrive at the same moment and
+    # each finds nothing before either has written, so each creates a worker.  Worker A keeps
+    # the claim's IP and the assignment, which "finished" never completes.
+    repo = replay(wm.LEGACY_POLICY, 20.0, without_transaction=True)
+    assert summary(repo) == [
+        ("w1", CLAIM_IP, None),
+        ("w2", GUI_IP, "ug-gns0s34"),
+        ("w3", GUI_IP, "ug-gns0s34"),
+    ]
+    assert the_assignment(repo) == (wm.AssignmentStatus.RUNNING, "w1")
+
+
+def test_default_policy_decides_the_racing_heartbeats_alike_even_without_a_transaction() -> None:
+    # Both heartbeats take the claim's worker (rule 3), so even a store without transactions
+    # ends with one worker; apply_event's atomic unit makes that hold for every race.
+    repo = replay(wm.DEFAULT_POLICY, 20.0, without_transaction=True)
+    assert summary(repo) == [("w1", GUI_IP, "ug-gns0s34")]
