@@ -151,10 +151,10 @@ def test_guarantee_7_the_startup_burst_from_processes_and_threads_makes_one_work
     results = ctx.Queue()
     procs = []
     for p in range(PROCESSES):
-        mine = [[phase[t] for t in range(p, PROCESSES * THREADS, PROCESSES)] for phase in dealt]
+        share = [[phase[t] for t in range(p, PROCESSES * THREADS, PROCESSES)] for phase in dealt]
         procs.append(
             ctx.Process(
-                target=child, args=(url, _mapping_spec(repo.mapping), mine, barrier, results)
+                target=child, args=(url, _mapping_spec(repo.mapping), share, barrier, results)
             )
         )
     for proc in procs:
