@@ -1,0 +1,60 @@
+"""The conformance kit: prove that your own repository decides exactly like the reference.
+
+Install with ``pip install workermatch[testing]`` (it needs pytest and Hypothesis).  The package
+root never imports this module.
+
+* :class:`RepositoryContract` -- subclass it as ``TestMyRepository`` and supply
+  ``make_repository`` and a back-door ``seed``; every protocol method is checked against the
+  in-memory reference, and every decision over generated fleet streams must equal the
+  reference's.
+* :class:`RepositoryStateMachine` -- a Hypothesis state machine driving your repository and the
+  reference side by side (``run_state_machine_as_test(lambda: RepositoryStateMachine(f))``).
+* Strategies: :func:`ip_addresses`, :func:`hostnames`, :func:`identities`, :func:`workers`,
+  :func:`assignments`, :func:`policies` and :func:`fleet_streams` (with ground truth).
+
+``docs/conformance.md`` is the guide.
+"""
+
+from __future__ import annotations
+
+from ._compare import apply_to_both, assert_same_state, sweep_both
+from ._contract import RepositoryContract
+from ._machine import RepositoryStateMachine
+from ._strategies import (
+    EPOCH,
+    FleetStream,
+    SessionTruth,
+    StreamEvent,
+    Truth,
+    assignments,
+    fleet_streams,
+    hostnames,
+    identities,
+    ip_addresses,
+    policies,
+    spell_hostname,
+    spell_ip,
+    workers,
+)
+
+__all__ = [
+    "EPOCH",
+    "FleetStream",
+    "RepositoryContract",
+    "RepositoryStateMachine",
+    "SessionTruth",
+    "StreamEvent",
+    "Truth",
+    "apply_to_both",
+    "assert_same_state",
+    "assignments",
+    "fleet_streams",
+    "hostnames",
+    "identities",
+    "ip_addresses",
+    "policies",
+    "spell_hostname",
+    "spell_ip",
+    "sweep_both",
+    "workers",
+]

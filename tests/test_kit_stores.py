@@ -1,0 +1,98 @@
+"""Dogfooding: the conformance kit on every repository the project ships.
+
+The stores come from the ``store_factory`` fixture (``tests/_stores.py``): memory, SQLite, and,
+when their URLs are set, PostgreSQL, MariaDB and the real system's Prisma tables.  The back door
+writes rows with SQLAlchemy Core on the repository's own engine and tables, never through the
+repository's ``write``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from _stores import StoreFactory
+from workermatch import Assignment, InMemoryWorkerRepository, Worker, WorkerRepository
+from workermatch.testing import RepositoryContract
+
+
+def seed_sql(repository: Any, workers: Sequence[Worker], assignments: Sequence[Assignment]) -> None:
+    """Insert rows with SQLAlchemy Core on the repository's engine and mapped tables."""
+    import sqlalchemy as sa
+
+    t, m = repository.tables, repository.mapping
+    wstatus, astatus = dict(m.worker_statuses), dict(m.assignment_statuses)
+    stamp = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    with repository.engine.begin() as conn:
+        for w in workers:
+            values: dict[str, Any] = {
+                t.w["id"].name: w.id,
+                t.w["ip"].name: w.ip,
+                t.w["hostname"].name: w.hostname,
+                t.w["created_at"].name: w.created_at,
+                t.w["last_seen"].name: w.last_seen,
+                t.w["status"].name: wstatus[w.status],
+                t.w["stale"].name: w.stale,
+                t.w["assignment_id"].name: w.assignment_id,
+                t.w["ended_at"].name: w.ended_at,
+                t.w["merged_into"].name: w.merged_into,
+                **m.worker_defaults,
+            }
+            if m.worker_updated_at is not None:
+                values[m.worker_updated_at] = stamp
+            conn.execute(sa.insert(t.workers).values(values))
+        for a in assignments:
+            values = {
+                t.a["id"].name: a.id,
+                t.a["status"].name: astatus[a.status],
+                t.a["worker_id"].name: a.worker_id,
+                t.a["started_at"].name: a.started_at,
+                t.a["ended_at"].name: a.ended_at,
+                **m.assignment_defaults,
+            }
+            if m.assignment_updated_at is not None:
+                values[m.assignment_updated_at] = stamp
+            conn.execute(sa.insert(t.assignments).values(values))
+
+
+EXAMPLES_PER_STORE = {"sqlite": 40, "postgresql": 20, "mysql": 20, "prisma": 20}
+
+
+class TestShippedRepositories(RepositoryContract):
+    """The whole kit, once per shipped store."""
+
+    _factory: StoreFactory
+    max_examples: int | None
+
+    @pytest.fixture(autouse=True)
+    def _store(self, store_factory: StoreFactory, request: pytest.FixtureRequest) -> None:
+        self._factory = store_factory
+        # A fresh SQL store per example costs milliseconds (a file, or emptying tables on a
+        # server): the SQL stores run fewer examples than the active profile's.
+        store = request.node.callspec.params["store_factory"]
+        self.max_examples = EXAMPLES_PER_STORE.get(store)
+
+    def make_repository(self, *, id_factory: Callable[[], str] | None) -> WorkerRepository:
+        return self._factory(id_factory=id_factory)
+
+    def seed(
+        self,
+        repository: WorkerRepository,
+        workers: Sequence[Worker],
+        assignments: Sequence[Assignment],
+    ) -> None:
+        if isinstance(repository, InMemoryWorkerRepository):
+            for w in workers:
+                repository._index_worker(None, w)
+            for a in assignments:
+                repository._index_assignment(None, a)
+        else:
+            seed_sql(repository, workers, assignments)
+
+    def close_repository(self, repository: WorkerRepository) -> None:
+        close = getattr(repository, "close", None)
+        if close is not None:
+            close()
