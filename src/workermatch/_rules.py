@@ -507,7 +507,7 @@ def match_worker(
 
     ``kind`` (an :class:`~workermatch.EventKind`) selects a per-kind chain where the policy has
     one (the legacy policy's endpoints); by default the policy's common chain is used.  A claim's
-    session rule needs the claimed assignment: use :func:`~workermatch.decide` for events.
+    session rule needs the claimed assignment: use :func:`~workermatch.plan` for events.
 
     Raises :class:`~workermatch.InvalidInput` for a bad argument (before reading anything) and
     :class:`~workermatch.AmbiguousMatch` when the policy refuses an ambiguous match.
