@@ -1,0 +1,405 @@
+"""Build the shipped corpus of traces (``src/workermatch/corpus/``) and its expected outputs.
+
+Run ``python tests/build_corpus.py`` after changing a scenario here, or after a deliberate
+change of the engine's behaviour: it rewrites every trace, every expected output (the
+``workermatch replay --jsonl`` text of each trace under each shipped policy, on the in-memory
+store) and the corpus README.  Then read the diff: every changed expected line is a changed
+decision.  ``tests/test_corpus.py`` checks that every store prints exactly these outputs.
+
+Each scenario is a handful of machine sessions at the real client's timing (a claim without
+hostname; the GUI starting later, often on another address, with two simultaneous heartbeats
+that carry the hostname; a progress update every few seconds; a heartbeat every 30 s; five
+100 % messages 0.5 s apart and ``finished``), merged in arrival order.  Ground truth goes under
+``truth``: ``{"machine": ..., "session": ...}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import workermatch as wm
+from workermatch import trace
+
+CORPUS = Path(__file__).resolve().parent.parent / "src" / "workermatch" / "corpus"
+POLICY_NAMES = ("default", "note", "legacy")
+T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
+
+
+@dataclass
+class Session:
+    """One run of the client on one machine: claim, GUI, updates, heartbeats, finished."""
+
+    machine: str
+    session: str
+    assignment: str
+    claim_at: float
+    claim_ip: str
+    gui_at: float
+    gui_ip: str
+    end_at: float
+    hostname: str | None = None
+    update_every: float = 5.0
+    heartbeat_every: float = 30.0
+    flips: Sequence[tuple[float, str]] = ()
+    """(time, address): the GUI's address from that time on (a VPN reconnecting)."""
+    hints: bool = False
+    """The client names its assignment on every request after the claim."""
+    update_offset: float = 0.4
+
+    def ip_at(self, t: float) -> str:
+        ip = self.gui_ip
+        for when, new in self.flips:
+            if t >= when:
+                ip = new
+        return ip
+
+    def events(self) -> list[tuple[float, dict[str, object]]]:
+        truth = {"machine": self.machine, "session": self.session}
+        hint = {"assignment": self.assignment} if self.hints else {}
+        host = {"hostname": self.hostname} if self.hostname is not None else {}
+        out: list[tuple[float, dict[str, object]]] = [
+            (
+                self.claim_at,
+                {"kind": "claim", "ip": self.claim_ip, "assignment": self.assignment},
+            )
+        ]
+
+        def gui(t: float, kind: str, **extra: object) -> None:
+            line: dict[str, object] = {"kind": kind, "ip": self.ip_at(t)}
+            if kind == "heartbeat":
+                line.update(host)
+            line.update(hint)
+            line.update(extra)
+            out.append((t, line))
+
+        gui(self.gui_at, "heartbeat")
+        gui(self.gui_at, "heartbeat")
+        finale = self.end_at - 2.5
+        t = self.gui_at + self.update_offset
+        while t < finale:
+            gui(t, "gui_update", message="overall_progress")
+            t += self.update_every
+        t = self.gui_at + self.heartbeat_every
+        while t < self.end_at:
+            gui(t, "heartbeat")
+            t += self.heartbeat_every
+        for k in range(5):
+            gui(finale + 0.5 * k, "gui_update", message="overall_progress")
+        gui(self.end_at, "gui_update", message="finished")
+        return [(t, {**line, "truth": truth}) for t, line in out]
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    what: str
+    sessions: list[Session] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        timed: list[tuple[float, int, dict[str, object]]] = []
+        for order, s in enumerate(self.sessions):
+            timed += [(t, order, line) for t, line in s.events()]
+        timed.sort(key=lambda item: (round(item[0], 3), item[1]))
+        out = []
+        for t, _, line in timed:
+            at = trace.format_time(T0 + timedelta(seconds=round(t, 3)))
+            out.append(trace.dump_json({"at": at, **line}))
+        return out
+
+
+A = "157.193.240.188"  # the note's claim address
+B = "157.193.240.190"  # the note's GUI address
+HOST = "UG-GNS0S34"
+
+
+def scenarios() -> list[Scenario]:
+    return [
+        Scenario(
+            "note-three-workers",
+            "The design note's story, as the note imagined it",
+            "A claim from one VPN address without hostname; the GUI starts 45 s later on "
+            "another address. One session: the right answer is one worker with A1 COMPLETED.",
+            [Session("m1", "m1-s1", "A1", 0, A, 45, B, 300, HOST)],
+        ),
+        Scenario(
+            "fast-gui-start",
+            "Fast GUI start (8 s after the claim), on another address",
+            "The note's 'quiet for 30 s' condition makes the claim worker too fresh: the note "
+            "policy creates a second worker and strands A1; the default policy does not.",
+            [Session("m1", "m1-s1", "A1", 0, A, 8, B, 240, HOST)],
+        ),
+        Scenario(
+            "batch-next-claim",
+            "Batch mode: the same machine claims the next assignment",
+            "Two sessions one after the other on one machine, same address and hostname. "
+            "Sessions stay apart: two workers, A1 and A2 each COMPLETED on its own.",
+            [
+                Session("m1", "m1-s1", "A1", 0, A, 20, A, 180, HOST),
+                Session("m1", "m1-s2", "A2", 183.5, A, 200, A, 360, HOST),
+            ],
+        ),
+        Scenario(
+            "midrun-flip-no-hostname",
+            "Mid-run IP change first seen on a request without hostname",
+            "The VPN flips 6 min into the run; the next gui_update (no hostname) comes before "
+            "the next heartbeat. Without hints the chain cannot link the new address to the "
+            "session: a second worker appears, the old one goes silent holding A1.",
+            [Session("m1", "m1-s1", "A1", 0, A, 20, A, 600, HOST, flips=[(380.2, B)])],
+        ),
+        Scenario(
+            "midrun-flip-heartbeat-first",
+            "Mid-run IP change first seen on a heartbeat (with hostname)",
+            "The VPN flips just before a heartbeat: the hostname links the new address to the "
+            "session (rule hostname), and the run stays one worker.",
+            [
+                Session(
+                    "m1",
+                    "m1-s1",
+                    "A1",
+                    0,
+                    A,
+                    20,
+                    A,
+                    600,
+                    HOST,
+                    flips=[(379.9, B)],
+                    update_offset=2.4,
+                )
+            ],
+        ),
+        Scenario(
+            "simultaneous-starts-vpn",
+            "Simultaneous starts on one VPN",
+            "Three machines claim within 40 s from three VPN addresses; their GUIs appear on "
+            "three new addresses 60-80 s later. Each first heartbeat sees three recent orphans "
+            "it cannot tell apart (ambiguous): a tie-break can hand one machine's claim to "
+            "another machine's GUI (a hijack).",
+            [
+                Session("m1", "m1-s1", "A1", 0, "145.10.0.11", 60, "145.10.1.11", 300, "lab-pc-1"),
+                Session("m2", "m2-s1", "A2", 20, "145.10.0.12", 70, "145.10.1.12", 310, "lab-pc-2"),
+                Session("m3", "m3-s1", "A3", 40, "145.10.0.13", 80, "145.10.1.13", 320, "lab-pc-3"),
+            ],
+        ),
+        Scenario(
+            "nat-two-machines-hostnames",
+            "Two machines behind one NAT address, hostnames known",
+            "Two machines share one public address and send their hostnames in heartbeats. "
+            "The hostname veto keeps the heartbeats apart; the gui_updates, which carry no "
+            "hostname, cannot be told apart (ambiguous exact_ip).",
+            [
+                Session("m1", "m1-s1", "A1", 0, "193.190.1.5", 10, "193.190.1.5", 240, "lab-01"),
+                Session("m2", "m2-s1", "A2", 60, "193.190.1.5", 75, "193.190.1.5", 330, "lab-02"),
+            ],
+        ),
+        Scenario(
+            "nat-two-machines-no-hostnames",
+            "Two machines behind one NAT address, no hostnames",
+            "The same two machines, but no request ever carries a hostname. The session rule "
+            "still gives the second claim its own worker; every other request is a guess.",
+            [
+                Session("m1", "m1-s1", "A1", 0, "193.190.1.5", 10, "193.190.1.5", 240),
+                Session("m2", "m2-s1", "A2", 60, "193.190.1.5", 75, "193.190.1.5", 330),
+            ],
+        ),
+        Scenario(
+            "nat-two-machines-hints",
+            "Two machines behind one NAT address, with assignment hints",
+            "The same two machines with hostnames, from a client that names its assignment on "
+            "every request: nothing is left to guess.",
+            [
+                Session(
+                    "m1",
+                    "m1-s1",
+                    "A1",
+                    0,
+                    "193.190.1.5",
+                    10,
+                    "193.190.1.5",
+                    240,
+                    "lab-01",
+                    hints=True,
+                ),
+                Session(
+                    "m2",
+                    "m2-s1",
+                    "A2",
+                    60,
+                    "193.190.1.5",
+                    75,
+                    "193.190.1.5",
+                    330,
+                    "lab-02",
+                    hints=True,
+                ),
+            ],
+        ),
+        Scenario(
+            "two-runs-one-machine",
+            "Two runs at once on one machine, no hints",
+            "Two clients on one machine (same address, same hostname) run A1 and A2 at once. "
+            "Without a strong hint they cannot be told apart: say so (ambiguous).",
+            [
+                Session("m1", "m1-s1", "A1", 0, A, 15, A, 240, HOST),
+                Session("m1", "m1-s2", "A2", 30, A, 45, A, 270, HOST, update_offset=1.9),
+            ],
+        ),
+        Scenario(
+            "two-runs-one-machine-hints",
+            "Two runs at once on one machine, with assignment hints",
+            "The same two runs, from a client that names its assignment on every request: "
+            "rule assignment places each request on its own session, two workers, both "
+            "COMPLETED.",
+            [
+                Session("m1", "m1-s1", "A1", 0, A, 15, A, 240, HOST, hints=True),
+                Session(
+                    "m1", "m1-s2", "A2", 30, A, 45, A, 270, HOST, hints=True, update_offset=1.9
+                ),
+            ],
+        ),
+        Scenario(
+            "cloned-hostnames",
+            "Cloned hostnames",
+            "Two machines made from one image share the hostname 'worker-template' at two "
+            "sites. While each keeps its address, exact IP keeps them apart; when m2's VPN "
+            "flips, its heartbeat's hostname matches both workers (ambiguous).",
+            [
+                Session(
+                    "m1",
+                    "m1-s1",
+                    "A1",
+                    0,
+                    "131.174.5.20",
+                    10,
+                    "131.174.5.20",
+                    420,
+                    "worker-template",
+                ),
+                Session(
+                    "m2",
+                    "m2-s1",
+                    "A2",
+                    5,
+                    "84.195.7.31",
+                    15,
+                    "84.195.7.31",
+                    430,
+                    "worker-template",
+                    flips=[(284.9, "84.195.7.99")],
+                    update_offset=2.4,
+                ),
+            ],
+        ),
+        Scenario(
+            "slow-gui-start",
+            "Slow GUI start (3.5 min after the claim), on another address",
+            "Past the note's 2 min orphan window: the note policy creates a second worker and "
+            "strands A1. The default policy's orphan window still links them.",
+            [Session("m1", "m1-s1", "A1", 0, A, 210, B, 480, HOST)],
+        ),
+    ]
+
+
+def expected_output(lines: Sequence[str], policy: wm.Policy) -> str:
+    """``workermatch replay --jsonl`` of ``lines`` under ``policy`` on the in-memory store."""
+    from workermatch._cli import main
+
+    path = CORPUS / "_tmp_build.jsonl"
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    try:
+        out = io.StringIO()
+        status = main(["replay", str(path), "--jsonl", "--policy", policy.name], stdout=out)
+        assert status == 0, status
+        return out.getvalue()
+    finally:
+        path.unlink()
+
+
+def build() -> None:
+    expected_dir = CORPUS / "expected"
+    expected_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for sc in scenarios():
+        lines = sc.lines()
+        (CORPUS / f"{sc.name}.jsonl").write_text(
+            "".join(f"{line}\n" for line in lines), encoding="utf-8"
+        )
+        summary = []
+        for name in POLICY_NAMES:
+            text = expected_output(lines, wm.get_policy(name))
+            (expected_dir / f"{sc.name}.{name}.jsonl").write_text(text, encoding="utf-8")
+            summary.append(f"`{name}`: {_summary(text)}; {attribution(lines, text)}")
+        rows.append((sc, len(lines), summary))
+    readme = [
+        "# The workermatch corpus",
+        "",
+        "Traces in the trace format (`docs/trace-format.md`), one per hard case of the",
+        "specification and per scenario of the design note, with ground truth under `truth`.",
+        "`expected/NAME.POLICY.jsonl` is the exact output of",
+        "`workermatch replay NAME.jsonl --jsonl --policy POLICY`; every store prints the same.",
+        "Generated by `tests/build_corpus.py` (do not edit by hand); checked by",
+        "`tests/test_corpus.py`.",
+        "",
+    ]
+    for sc, count, summary in rows:
+        readme += [f"## `{sc.name}`: {sc.title}", "", sc.what, ""]
+        readme += [f"{count} requests. Outcome per policy:", ""]
+        readme += [f"- {s}" for s in summary]
+        readme.append("")
+    (CORPUS / "README.md").write_text("\n".join(readme), encoding="utf-8")
+
+
+def attribution(trace_lines: Sequence[str], output: str) -> str:
+    """Ground truth against the replay: which sessions each worker received, in words."""
+    by_session, by_worker = truth_map(trace_lines, output)
+    split = {s: ws for s, ws in by_session.items() if len(ws) > 1}
+    shared = {w: ss for w, ss in by_worker.items() if len(ss) > 1}
+    if not split and not shared:
+        return "one worker per session"
+    parts = [f"session {s} spread over {', '.join(sorted(ws))}" for s, ws in sorted(split.items())]
+    parts += [f"{w} received sessions {', '.join(sorted(ss))}" for w, ss in sorted(shared.items())]
+    return "; ".join(parts)
+
+
+def truth_map(
+    trace_lines: Sequence[str], output: str
+) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Sessions to the workers their requests resolved to, and workers to their sessions."""
+    by_session: dict[str, set[str]] = {}
+    by_worker: dict[str, set[str]] = {}
+    results = [json.loads(x) for x in output.splitlines()][:-1]
+    for text, result in zip(trace_lines, results, strict=True):
+        session = json.loads(text)["truth"]["session"]
+        worker = result["worker"]
+        if worker is None:
+            continue
+        by_session.setdefault(session, set()).add(worker)
+        by_worker.setdefault(worker, set()).add(session)
+    return by_session, by_worker
+
+
+def _summary(text: str) -> str:
+    lines = [json.loads(x) for x in text.splitlines()]
+    state = lines[-1]
+    requests = lines[:-1]
+    ambiguous = sum(1 for r in requests if r["ambiguous"])
+    refused = sum(1 for r in requests if "refused" in r)
+    parts = [f"{len(state['workers'])} workers"]
+    parts += [
+        f"{a['id']} {a['status']}" + (f" on {a['worker']}" if a["worker"] else "")
+        for a in state["assignments"]
+    ]
+    if ambiguous:
+        parts.append(f"{ambiguous} ambiguous")
+    if refused:
+        parts.append(f"{refused} refused")
+    return ", ".join(parts)
+
+
+if __name__ == "__main__":
+    build()
