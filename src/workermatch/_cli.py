@@ -583,7 +583,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) -> int:
     """Run the ``workermatch`` command; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out: TextIO = stdout or sys.stdout  # type: ignore[assignment]
     commands: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
         "demo": _cmd_demo,
