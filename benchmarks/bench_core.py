@@ -4,8 +4,10 @@ Run by hand from the repository root (about a minute, most of it building the 10
 
     .venv/bin/python benchmarks/bench_core.py
 
-``--sizes 100,10000`` picks other fleet sizes, ``--repeat`` the number of timed rounds (the best
-round is reported, the usual way to keep other load on the machine out of the figure).
+``--sizes 100,10000`` picks other fleet sizes, ``--repeat`` the number of timed rounds and
+``--budget`` their length.  The best round is reported, the usual way to keep other load on the
+machine out of the figure, and the rounds of all sizes are interleaved so that such load hits
+every size alike.
 
 What is measured, per fleet size:
 
@@ -34,7 +36,6 @@ import gc
 import ipaddress
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -102,35 +103,30 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
     return repo
 
 
-def best_per_call(fn: Callable[[], object], *, repeat: int, budget: float = 0.25) -> float:
-    """Seconds per call of ``fn``: the best of ``repeat`` rounds of about ``budget`` s each."""
+def calibrate(fn: Callable[[], object], budget: float) -> int:
+    """How many calls of ``fn`` take about ``budget`` seconds."""
     fn()
     loops = 1
-    while True:  # calibrate: enough calls for one round to last about ``budget``
+    while True:
         start = time.perf_counter()
         for _ in range(loops):
             fn()
         elapsed = time.perf_counter() - start
         if elapsed >= budget / 4:
-            break
+            return max(1, int(loops * budget / elapsed))
         loops *= 4
-    loops = max(1, int(loops * budget / elapsed))
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        best = min(best, (time.perf_counter() - start) / loops)
-    return best
 
 
-def measure(n: int, repeat: int) -> dict[str, float]:
-    t = time.perf_counter()
-    repo = build_fleet(n)
-    build = time.perf_counter() - t
-    gc.collect()
-    gc.freeze()  # the fleet is long-lived: keep the collector from rescanning it in the loops
+def one_round(fn: Callable[[], object], loops: int) -> float:
+    """Seconds per call of ``fn`` over ``loops`` calls."""
+    start = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - start) / loops
 
+
+def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], object]]:
+    """The four measured calls on a fleet of ``n`` workers (see the module docstring)."""
     # A live worker in the middle of the fleet (i % 4 != 0), matched by its exact IP.
     i = (n // 2) | 1
     hot = wm.Event.heartbeat(_ip(i), hostname=f"host-{i}")
@@ -141,15 +137,6 @@ def measure(n: int, repeat: int) -> dict[str, float]:
     decision = wm.match_worker(cold_identity, NOW, repo)
     assert decision.rule is wm.Rule.CREATED, decision.explain()
 
-    results = {
-        "hot  match": best_per_call(
-            lambda: wm.match_worker(hot.identity, NOW, repo), repeat=repeat
-        ),
-        "hot  apply": best_per_call(lambda: wm.apply_event(hot, NOW, repo), repeat=repeat),
-        "cold match": best_per_call(
-            lambda: wm.match_worker(cold_identity, NOW, repo), repeat=repeat
-        ),
-    }
     # Each cold apply creates a worker, so each needs an address and hostname never seen.
     counter = iter(range(10**9))
 
@@ -161,16 +148,45 @@ def measure(n: int, repeat: int) -> dict[str, float]:
         outcome = wm.apply_event(event, NOW, repo)
         assert outcome.created
 
-    results["cold apply"] = best_per_call(cold_apply, repeat=repeat)
+    return {
+        "hot  match": lambda: wm.match_worker(hot.identity, NOW, repo),
+        "hot  apply": lambda: wm.apply_event(hot, NOW, repo),
+        "cold match": lambda: wm.match_worker(cold_identity, NOW, repo),
+        "cold apply": cold_apply,
+    }
+
+
+def measure(sizes: list[int], repeat: int, budget: float) -> dict[int, dict[str, float]]:
+    """Best seconds per call for each size and case, plus the build time ("build s").
+
+    Every fleet is built first; then each round times every case on every fleet in turn, so
+    that a burst of load from other processes on the machine hits all sizes alike.
+    """
+    fleets: dict[int, dict[str, Callable[[], object]]] = {}
+    table: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        t = time.perf_counter()
+        repo = build_fleet(n)
+        table[n] = {"build s": time.perf_counter() - t}
+        fleets[n] = cases(repo, n)
+        print(f"  built {n:>9,} workers in {table[n]['build s']:.1f} s", flush=True)
+    gc.collect()
+    gc.freeze()  # the fleets are long-lived: keep the collector from rescanning them
+    loops = {(n, k): calibrate(fn, budget) for n, fns in fleets.items() for k, fn in fns.items()}
+    for _ in range(repeat):
+        for n, fns in fleets.items():
+            for k, fn in fns.items():
+                elapsed = one_round(fn, loops[n, k])
+                table[n][k] = min(table[n].get(k, float("inf")), elapsed)
     gc.unfreeze()
-    results["build s"] = build
-    return results
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,10000,1000000")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds per timed round")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -179,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({platform.python_implementation()}), {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    table: dict[int, dict[str, float]] = {}
-    for n in sizes:
-        table[n] = measure(n, args.repeat)
-        print(f"  built and measured {n:>9,} workers (build {table[n]['build s']:.1f} s)")
-        sys.stdout.flush()
+    table = measure(sizes, args.repeat, args.budget)
 
     keys = ["hot  match", "hot  apply", "cold match", "cold apply"]
     print()

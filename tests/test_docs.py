@@ -1,0 +1,140 @@
+"""The docs show what the code does: examples run, output is current, every name is covered."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import re
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import workermatch as wm
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def code_block_after(text: str, marker: str) -> str:
+    """The body of the first fenced block after ``marker``."""
+    found = re.search(re.escape(marker) + r"\s*```[a-z]*\n(.*?)```", text, re.DOTALL)
+    assert found, f"no fenced block after {marker!r}"
+    return found.group(1)
+
+
+def test_the_worked_example_in_rules_md_prints_what_the_page_shows() -> None:
+    page = (DOCS / "rules.md").read_text(encoding="utf-8")
+    code = code_block_after(page, "<!-- worked-example: code -->")
+    expected = code_block_after(page, "<!-- worked-example: output -->")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/rules.md", "exec"), {"__name__": "worked_example"})
+    assert out.getvalue() == expected
+
+
+def test_the_api_reference_covers_every_public_name() -> None:
+    page = (DOCS / "api.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^### `([^`]+)`$", page, re.MULTILINE))
+    assert sorted(set(wm.__all__) - headings) == []
+    assert sorted(headings - set(wm.__all__)) == []
+
+
+def test_the_index_links_every_page() -> None:
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\(([\w.-]+\.md)\)", index))
+    pages = {p.name for p in DOCS.glob("*.md")} - {"index.md"}
+    assert sorted(pages - linked) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's endpoint example, against the real API
+
+
+class HTTPException(Exception):
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(status_code, detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class FastAPI:
+    """Just enough of FastAPI's interface for the README's example: routes are plain functions."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Callable[..., Any]] = {}
+
+    def post(self, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.routes[path] = fn
+            return fn
+
+        return register
+
+
+def test_the_readme_endpoint_example_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("fastapi")
+    fake.FastAPI = FastAPI  # type: ignore[attr-defined]
+    fake.HTTPException = HTTPException  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fastapi", fake)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = code_block_after(readme, "## Use it in an endpoint")
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(code, "README.md", "exec"), namespace)
+        repo: wm.InMemoryWorkerRepository = namespace["repo"]
+        repo.write([wm.InsertAssignment(assignment=wm.Assignment(id="A1"))])
+        claim, heartbeat = namespace["claim"], namespace["heartbeat"]
+
+        claimed = claim("A1", {"machineId": "157.193.240.188"})
+        beat = heartbeat({"machineId": "157.193.240.190", "hostname": "UG-GNS0S34"})
+        assert beat == {"workerId": claimed["workerId"], "rule": "recent_orphan"}
+        with pytest.raises(HTTPException) as refused:
+            claim("A1", {"machineId": "10.9.9.9", "hostname": "other"})
+        with pytest.raises(HTTPException) as bad:
+            heartbeat({"hostname": "no-ip"})
+    assert (refused.value.status_code, refused.value.detail) == (409, "running_elsewhere")
+    assert bad.value.status_code == 400
+    assert "by rule recent_orphan" in out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/endpoint.py
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("endpoint_example", ROOT / "examples/endpoint.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_runnable_endpoint_example_plays_the_story_to_one_worker() -> None:
+    replies = load_example().demo()
+    ok = [reply for _, status, reply in replies if status == 200]
+    assert {reply["workerId"] for reply in ok} == {"w1"}
+    assert [reply["rule"] for reply in ok[:3]] == ["created", "recent_orphan", "exact_ip"]
+    assert ok[-1]["status"] == "IDLE"  # "finished" completed the assignment
+    assert [(status, reply.get("reason")) for _, status, reply in replies[-2:]] == [
+        (409, "already_finished"),
+        (400, None),
+    ]
+
+
+def test_the_runnable_endpoint_example_maps_each_failure_to_a_status() -> None:
+    example = load_example()
+    repo = wm.InMemoryWorkerRepository()
+    assert example.handle("/api/nowhere", {"machineId": "10.0.0.1"}, repo)[0] == 404
+    assert example.handle("/api/heartbeat", ["not", "an", "object"], repo)[0] == 400
+    status, reply = example.handle("/api/assignments/A9/claim", {"machineId": "10.0.0.1"}, repo)
+    assert (status, reply["reason"]) == (409, "unknown_assignment")
+    status, reply = example.handle(
+        "/api/workers", {"machineId": "10.0.0.1", "hostname": "Box"}, repo
+    )
+    assert (status, reply["rule"], reply["created"]) == (200, "created", True)
