@@ -276,6 +276,9 @@ def _notes(record: TraceRecord, result: ReplayLine) -> list[str]:
     if outcome is not None:
         if outcome.idempotent:
             notes.append("repeated claim, nothing changed")
+        merged: tuple[str, ...] = getattr(outcome, "merged", ())
+        if merged:
+            notes.append(f"merged duplicate {', '.join(merged)} into {result.worker}")
         if outcome.transferred:
             notes.append(f"took over {', '.join(outcome.transferred)} from stale workers")
         if outcome.ended:
@@ -577,7 +580,33 @@ def _parser() -> argparse.ArgumentParser:
         description="List the shipped example traces, or print the path of one.",
     )
     corpus.add_argument("name", nargs="?", help="print the path of this trace")
+
+    simulation = _simulation()
+    if simulation is not None:
+        sim = sub.add_parser(
+            "simulate",
+            help="generate fleets with ground truth, replay them under policies, and score",
+            description="Generate fleets with ground truth, replay them under each policy, "
+            "and score fragmentation, hijacks, lost assignments and ambiguity "
+            "(docs/accuracy.md).",
+        )
+        simulation.add_simulate_arguments(sim)
     return parser
+
+
+def _simulation() -> Any:
+    """The simulator module (``workermatch simulate``), or ``None`` where it is absent."""
+    try:
+        return importlib.import_module("workermatch.simulation")
+    except ImportError:  # pragma: no cover - the simulator ships with the package
+        return None
+
+
+def _cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
+    simulation = _simulation()
+    assert simulation is not None
+    status: int = simulation.run_simulate(args, out, sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) -> int:
@@ -592,6 +621,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) ->
         "demo": _cmd_demo,
         "replay": _cmd_replay,
         "corpus": _cmd_corpus,
+        "simulate": _cmd_simulate,
     }
     if args.command is None:
         parser.print_help(out)
