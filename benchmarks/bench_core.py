@@ -20,6 +20,10 @@ What is measured, per fleet size:
   store has never seen: every rule runs and finds nothing, the decision is "create".
 * ``cold apply``: :func:`workermatch.apply_event` for such a request: the decision, the search
   for stale workers to transfer from, and the insert of the new worker.
+* ``end  apply``: :func:`workermatch.apply_event` for a ``finished`` that ends the session of a
+  worker created about 12 hours earlier (matched by exact IP): the assignment is completed and
+  the worker leaves the index of RUNNING workers.  Each call consumes a worker, so this one is
+  timed over rounds of 3 calls on different workers instead of a calibrated loop.
 
 The fleet: ``n`` workers, each with its own IP and hostname, created one to 25 hours before
 ``now``; three quarters seen within ``stale_after`` (live), one quarter silent past it; half of
@@ -34,10 +38,11 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
+import itertools
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import workermatch as wm
@@ -156,6 +161,32 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
     }
 
 
+def session_ends(n: int) -> Iterator[wm.Event]:
+    """``finished`` from live RUNNING workers (i % 4 == 2) created about 12 h before ``now``,
+    one worker per event, starting from the middle of the fleet."""
+    old = n - RECENT
+    middle = (old // 2) - (old // 2) % 4 + 2
+    for i in itertools.chain(range(middle, old, 4), range(2, middle, 4)):
+        yield wm.Event.gui_update(_ip(i), "finished")
+
+
+def time_session_ends(
+    repo: wm.InMemoryWorkerRepository, events: Iterator[wm.Event], per_round: int = 3
+) -> float:
+    """Seconds per ``finished`` over the next ``per_round`` events (each ends another worker's
+    session, so the same call cannot be repeated); ``inf`` when the fleet has run out."""
+    batch = list(itertools.islice(events, per_round))
+    if len(batch) < per_round:
+        return float("inf")
+    start = time.perf_counter()
+    for event in batch:
+        outcome = wm.apply_event(event, NOW, repo)
+    elapsed = (time.perf_counter() - start) / per_round
+    assert outcome.rule is wm.Rule.EXACT_IP, outcome.explain()
+    assert outcome.ended, outcome.explain()
+    return elapsed
+
+
 def measure(sizes: list[int], repeat: int, budget: float) -> dict[int, dict[str, float]]:
     """Best seconds per call for each size and case, plus the build time ("build s").
 
@@ -163,10 +194,11 @@ def measure(sizes: list[int], repeat: int, budget: float) -> dict[int, dict[str,
     that a burst of load from other processes on the machine hits all sizes alike.
     """
     fleets: dict[int, dict[str, Callable[[], object]]] = {}
+    repos: dict[int, wm.InMemoryWorkerRepository] = {}
     table: dict[int, dict[str, float]] = {}
     for n in sizes:
         t = time.perf_counter()
-        repo = build_fleet(n)
+        repos[n] = repo = build_fleet(n)
         table[n] = {"build s": time.perf_counter() - t}
         fleets[n] = cases(repo, n)
         print(f"  built {n:>9,} workers in {table[n]['build s']:.1f} s", flush=True)
@@ -178,6 +210,11 @@ def measure(sizes: list[int], repeat: int, budget: float) -> dict[int, dict[str,
             for k, fn in fns.items():
                 elapsed = one_round(fn, loops[n, k])
                 table[n][k] = min(table[n].get(k, float("inf")), elapsed)
+    ends = {n: session_ends(n) for n in sizes}
+    for _ in range(repeat):
+        for n, repo in repos.items():
+            elapsed = time_session_ends(repo, ends[n])
+            table[n]["end  apply"] = min(table[n].get("end  apply", float("inf")), elapsed)
     gc.unfreeze()
     return table
 
@@ -197,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = measure(sizes, args.repeat, args.budget)
 
-    keys = ["hot  match", "hot  apply", "cold match", "cold apply"]
+    keys = ["hot  match", "hot  apply", "cold match", "cold apply", "end  apply"]
     print()
     print("| fleet | " + " | ".join(k.replace("  ", " ") + " (µs)" for k in keys) + " |")
     print("| ---: | " + " | ".join("---:" for _ in keys) + " |")
