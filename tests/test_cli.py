@@ -265,3 +265,13 @@ def test_corpus_lists_the_shipped_traces_and_prints_a_path() -> None:
     status, out = run("corpus", "note-three-workers")
     assert status == 0
     assert Path(out.strip()) == STORY
+
+
+def test_the_demo_summary_in_the_docs_is_what_the_demo_prints() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    documented = doc.split("```\nSummary\n", 1)[1].split("```", 1)[0]
+    status, out = run("demo")
+    assert status == 0
+    assert "\nSummary\n" + documented in out
+    assert "317 requests" in doc
+    assert "1 claim, 21 heartbeats and 295 gui_updates" in out

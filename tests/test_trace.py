@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -338,3 +339,18 @@ def test_final_state_sorts_ids_as_numbers_and_evaluates_staleness_at_the_given_t
 
 def test_two_replays_of_one_trace_print_the_same_text() -> None:
     assert replayed(SPEC_EXAMPLE) == replayed(SPEC_EXAMPLE)
+
+
+# -- the docs' worked example is what the code does -------------------------------------------
+
+
+def test_the_worked_example_in_the_docs_prints_what_the_docs_say() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "trace-format.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```json\n")[1:]]
+    story, default_out, note_out = (b.strip().splitlines() for b in blocks[:3])
+    for policy, documented in ((wm.DEFAULT_POLICY, default_out), (wm.NOTE_POLICY, note_out)):
+        repo = fresh()
+        records = list(trace.parse_trace(story))
+        printed = [trace.dump_json(r.to_dict()) for r in trace.replay(records, repo, policy)]
+        printed.append(trace.dump_json(trace.final_state(repo, records[-1].at, policy)))
+        assert printed == documented
