@@ -389,7 +389,8 @@ def _summary(text: str) -> str:
     requests = lines[:-1]
     ambiguous = sum(1 for r in requests if r["ambiguous"])
     refused = sum(1 for r in requests if "refused" in r)
-    parts = [f"{len(state['workers'])} workers"]
+    count = len(state["workers"])
+    parts = [f"{count} worker{'' if count == 1 else 's'}"]
     parts += [
         f"{a['id']} {a['status']}" + (f" on {a['worker']}" if a["worker"] else "")
         for a in state["assignments"]

@@ -82,7 +82,10 @@ def test_every_store_prints_the_expected_output(
     store_factory: StoreFactory, name: str, policy_name: str
 ) -> None:
     repo = store_factory(wm.sequential_ids())
-    assert replay_text(repo, name, wm.get_policy(policy_name)) == expected(name, policy_name)
+    assert replay_text(repo, name, wm.get_policy(policy_name)) == expected(name, policy_name), (
+        "if the engine's behaviour changed on purpose, run python tests/build_corpus.py and "
+        "read the diff of src/workermatch/corpus/expected/"
+    )
 
 
 @pytest.mark.parametrize("policy_name", POLICY_NAMES)
