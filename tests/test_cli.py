@@ -275,3 +275,15 @@ def test_the_demo_summary_in_the_docs_is_what_the_demo_prints() -> None:
     assert "\nSummary\n" + documented in out
     assert "317 requests" in doc
     assert "1 claim, 21 heartbeats and 295 gui_updates" in out
+
+
+def test_a_store_that_cannot_be_reached_exits_1_without_showing_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    url = "postgresql://someone:s3cret@127.0.0.1:1/nothing"
+    assert run("replay", write(tmp_path, CLAIM), "--db", url) == (1, "")
+    err = one_error_line(capsys)
+    assert err.startswith("workermatch replay: --db postgresql://someone:***@127.0.0.1:1/nothing: ")
+    assert "s3cret" not in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,6 +71,7 @@ def _open_store(url: str | None, *, reset: bool) -> tuple[WorkerRepository, Call
     """A fresh, empty repository with sequential ids, and a function that closes it."""
     if url is None:
         return InMemoryWorkerRepository(id_factory=sequential_ids()), lambda: None
+    shown = _redact(url)
     try:
         sql = importlib.import_module("workermatch.sql")
     except ImportError as exc:
@@ -80,11 +82,11 @@ def _open_store(url: str | None, *, reset: bool) -> tuple[WorkerRepository, Call
     try:
         repo = sql.SQLWorkerRepository.from_url(url, id_factory=sequential_ids())
     except InvalidInput as exc:
-        raise UsageError(f"--db {url}: {exc}") from None
+        raise UsageError(f"--db {shown}: {exc}") from None
     except ImportError as exc:
-        raise UsageError(f"--db {url}: a driver is missing ({exc})") from None
+        raise UsageError(f"--db {shown}: a driver is missing ({exc})") from None
     except WorkermatchError as exc:
-        raise StoreFailure(f"--db {url}: {exc}") from None
+        raise StoreFailure(f"--db {shown}: {exc}") from None
 
     def close() -> None:
         for name in ("close", "dispose"):
@@ -100,13 +102,18 @@ def _open_store(url: str | None, *, reset: bool) -> tuple[WorkerRepository, Call
         elif not repo.is_empty():
             close()
             raise UsageError(
-                f"the store at {url} already holds workers; a replay starts from an empty store: "
+                f"the store at {shown} already holds workers; a replay starts from an empty store: "
                 "pass --reset to empty the library's tables first"
             )
     except WorkermatchError as exc:
         close()
-        raise StoreFailure(f"--db {url}: {exc}") from None
+        raise StoreFailure(f"--db {shown}: {exc}") from None
     return repo, close
+
+
+def _redact(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (error lines are often logged)."""
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -609,6 +616,11 @@ def _cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     return status
 
 
+def _error_line(command: str, exc: Exception) -> None:
+    # One line, whatever the driver's message holds (they often span several).
+    print(f"workermatch {command}: {' '.join(str(exc).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) -> int:
     """Run the ``workermatch`` command; returns the exit status."""
     parser = _parser()
@@ -629,10 +641,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) ->
     try:
         return commands[args.command](args, out)
     except UsageError as exc:
-        print(f"workermatch {args.command}: {exc}", file=sys.stderr)
+        _error_line(args.command, exc)
         return EXIT_USAGE
     except StoreFailure as exc:
-        print(f"workermatch {args.command}: {exc}", file=sys.stderr)
+        _error_line(args.command, exc)
         return EXIT_STORE
     except BrokenPipeError:  # pragma: no cover - e.g. piped into head
         return EXIT_OK
