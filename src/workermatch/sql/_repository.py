@@ -129,7 +129,10 @@ class SQLWorkerRepository:
             self._local_lock = threading.RLock()
             _configure_sqlite(engine)
             self.engine = engine
+        elif getattr(engine.dialect, "_on_connect_isolation_level", None) == "SERIALIZABLE":
+            self.engine = engine  # every connection is set up once, when it is made
         else:
+            # Set per checkout (and reset on return) on an engine that is not ours.
             self.engine = engine.execution_options(isolation_level="SERIALIZABLE")
         self._w_cols = [self._t.w[f] for f in self._t.w]
         self._a_cols = [self._t.a[f] for f in self._t.a]
@@ -174,6 +177,8 @@ class SQLWorkerRepository:
             engine = sa.create_engine(parsed, **options)
         except (SQLAlchemyError, ImportError, TypeError) as exc:
             raise StorageError(f"cannot create an engine for {parsed!r}: {exc}") from exc
+        if backend == "sqlite" and "poolclass" not in options:
+            event.listen(engine, "connect", _sqlite_wal)
         repo = cls(engine, mapping=mapping, id_factory=id_factory)
         repo._own_engine = True
         return repo
@@ -653,6 +658,13 @@ class SQLWorkerRepository:
             return bool(args) and args[0] in (1213, 1205)
         text = str(cause).lower()
         return "database is locked" in text or "database is busy" in text
+
+
+def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """Write-ahead logging: readers never block the writer, and a commit costs one sync."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.close()
 
 
 def _configure_sqlite(engine: Engine) -> None:
