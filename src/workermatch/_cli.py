@@ -428,11 +428,18 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"           it sends two heartbeats at the same instant with hostname {HOSTNAME}\n"
         "  then     a progress update every 2 s, a heartbeat every 30 s (the only requests\n"
         "           that carry the hostname)\n"
-        f"  +{RUN_END - 2.6:.1f} s five 100 % progress messages 0.5 s apart, then 'finished',\n"
+        f"  +{RUN_END / 60:.0f} min  five 100 % progress messages 0.5 s apart, then 'finished',\n"
         "           which must mark A1 COMPLETED\n"
         f"In all: {_plural(kinds['claim'], 'claim')}, {_plural(kinds['heartbeat'], 'heartbeat')} "
         f"and {_plural(kinds['gui_update'], 'gui_update')} from one machine, one session.\n"
-        "The right answer: 1 worker, and A1 COMPLETED on it.\n"
+        "The right answer: 1 worker, and A1 COMPLETED on it.\n\n"
+        "Each request is placed by the first rule that finds a worker:\n"
+        "  assignment     the request names the assignment it works on (a hint)\n"
+        "  exact_ip       a live worker with the request's address\n"
+        "  recent_orphan  a worker created moments ago that runs an assignment and that no\n"
+        "                 other live stream feeds (a claim waiting for its GUI)\n"
+        "  hostname       a live worker with the request's hostname\n"
+        "  created        nothing matched: a new worker\n"
     )
     runs = [
         _DemoRun("legacy", POLICIES["legacy"]),
