@@ -15,6 +15,7 @@ need").
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -22,11 +23,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 import attrs
+import pytest
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 import workermatch as wm
-from workermatch.testing import EPOCH, FleetStream, StreamEvent, fleet_streams
+from workermatch.testing import EPOCH, FleetStream, StreamEvent, Truth, fleet_streams
 
 POLICY = wm.DEFAULT_POLICY
 T = TypeVar("T")
@@ -130,7 +132,7 @@ def sessions_of(stream: FleetStream) -> dict[str, Session]:
 
 
 def pairs(events: Sequence[StreamEvent]) -> list[tuple[StreamEvent, StreamEvent]]:
-    return list(zip(events, events[1:], strict=False))
+    return list(itertools.pairwise(events))
 
 
 def never_silent(s: Session, policy: wm.Policy = POLICY) -> bool:
@@ -498,3 +500,99 @@ def describe(steps: Sequence[Step]) -> str:
             f"{ev.identity.ip:22} {ev.identity.hostname or '-':14} {extra:18} -> {where}"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Where semantics.md's wording of a guarantee is false for the default policy.  Each is the
+# smallest stream found; each xfail is strict, so a policy or core change that makes it pass
+# fails here and the preconditions above can be relaxed.
+
+
+def run_script(script: Sequence[tuple[float, str, wm.Event]]) -> list[Step]:
+    stream = FleetStream(
+        events=tuple(
+            StreamEvent(
+                event=ev,
+                now=EPOCH + timedelta(seconds=at),
+                truth=Truth(machine=session.split("-")[0], session=session),
+            )
+            for at, session, ev in script
+        ),
+        sessions=(),
+    )
+    return replay(stream)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rule 3 needs the worker hostname-less or quiet: a VPN flip first seen on an update "
+    "within orphan_window of the claim, while heartbeats flow, makes a second worker",
+)
+def test_counterexample_one_session_one_worker_vpn_flip_within_orphan_window() -> None:
+    steps = run_script(
+        [
+            (0.0, "m1-s1", wm.Event.claim("172.16.1.10", "A1")),
+            (20.0, "m1-s1", wm.Event.heartbeat("172.16.1.11", hostname="pc-1")),
+            (25.0, "m1-s1", wm.Event.gui_update("172.16.1.11", "overall_progress")),
+            (40.0, "m1-s1", wm.Event.gui_update("172.16.1.12", "overall_progress")),
+        ]
+    )
+    assert len(workers_of(steps, "m1-s1")) == 1, describe(steps)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rule 3 runs before rule 4: a heartbeat that carries the hostname, from a new IP, "
+    "takes another machine's fresh claim worker (no hostname yet) instead of its own worker",
+)
+def test_counterexample_one_session_one_worker_hijacked_by_a_fresh_claim() -> None:
+    steps = run_script(
+        [
+            (0.0, "m1-s1", wm.Event.claim("172.16.1.10", "A1")),
+            (10.0, "m1-s1", wm.Event.heartbeat("172.16.1.11", hostname="pc-1")),
+            (20.0, "m1-s1", wm.Event.gui_update("172.16.1.11", "overall_progress")),
+            (30.0, "m2-s1", wm.Event.claim("172.16.2.10", "A2")),
+            (35.0, "m1-s1", wm.Event.heartbeat("172.16.1.12", hostname="pc-1")),
+        ]
+    )
+    assert len(workers_of(steps, "m1-s1")) == 1, describe(steps)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ended_grace lets a worker answer its machine for 30 s after 'finished': the next "
+    "batch session's first heartbeat, from the previous session's GUI address (a VPN gives the "
+    "claim another one), lands on the previous session's worker",
+)
+def test_counterexample_sessions_stay_apart_fast_batch_restart_on_a_vpn() -> None:
+    steps = run_script(
+        [
+            (0.0, "m1-s1", wm.Event.claim("172.16.1.10", "A1")),
+            (5.0, "m1-s1", wm.Event.heartbeat("172.16.1.11", hostname="pc-1")),
+            (60.0, "m1-s1", wm.Event.gui_update("172.16.1.11", "finished")),
+            (62.0, "m1-s2", wm.Event.claim("172.16.1.10", "A2")),
+            (70.0, "m1-s2", wm.Event.heartbeat("172.16.1.11", hostname="pc-1")),
+        ]
+    )
+    assert not workers_of(steps, "m1-s1") & workers_of(steps, "m1-s2"), describe(steps)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="behind one NAT address a request without hostname cannot be told apart: an update "
+    "of one machine lands on the other's most recently seen worker, hostnames known or not",
+)
+def test_counterexample_machines_stay_apart_behind_one_nat() -> None:
+    nat = "192.0.2.1"
+    steps = run_script(
+        [
+            (0.0, "m1-s1", wm.Event.claim(nat, "A1")),
+            (5.0, "m1-s1", wm.Event.heartbeat(nat, hostname="pc-1")),
+            (10.0, "m2-s1", wm.Event.claim(nat, "A2")),
+            (15.0, "m2-s1", wm.Event.heartbeat(nat, hostname="pc-2")),
+            (16.0, "m1-s1", wm.Event.gui_update(nat, "overall_progress")),
+        ]
+    )
+    m1 = {s.outcome.worker.id for s in steps if s.outcome and s.element.truth.machine == "m1"}
+    m2 = {s.outcome.worker.id for s in steps if s.outcome and s.element.truth.machine == "m2"}
+    assert not m1 & m2, describe(steps)
