@@ -140,6 +140,7 @@ class SQLWorkerRepository:
         self._wstatus_back = {v: k for k, v in mapping.worker_statuses.items()}
         self._astatus = dict(mapping.assignment_statuses)
         self._astatus_back = {v: k for k, v in mapping.assignment_statuses.items()}
+        self._build_statements()
 
     @classmethod
     def from_url(
@@ -332,64 +333,44 @@ class SQLWorkerRepository:
     # -- reads -----------------------------------------------------------------------------------
 
     def get_worker(self, worker_id: str) -> Worker | None:
-        found = self._workers("reading a worker", self._t.w["id"] == worker_id)
+        found = self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
         def run() -> Assignment | None:
-            row = (
-                self._conn()
-                .execute(sa.select(*self._a_cols).where(self._t.a["id"] == assignment_id))
-                .first()
-            )
+            row = self._conn().execute(self._q_assignment, {"aid": assignment_id}).first()
             return None if row is None else self._assignment(row)
 
         return self._read("reading an assignment", run)
 
-    def _live(self) -> list[sa.ColumnElement[bool]]:
-        w = self._t.w
-        return [w["stale"] == sa.false(), w["merged_into"].is_(None)]
-
     def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
-        w = self._t.w
-        return self._workers(
-            "reading workers by IP", w["ip"] == ip, w["last_seen"] >= seen_since, *self._live()
-        )
+        return self._workers("reading workers by IP", "by_ip", {"ip": ip, "since": seen_since})
 
     def live_workers_by_hostname(self, hostname: str, seen_since: datetime) -> Sequence[Worker]:
-        w = self._t.w
         return self._workers(
-            "reading workers by hostname",
-            w["hostname"] == hostname,
-            w["last_seen"] >= seen_since,
-            *self._live(),
+            "reading workers by hostname", "by_host", {"host": hostname, "since": seen_since}
         )
 
     def recent_running_workers(
         self, created_since: datetime, seen_since: datetime
     ) -> Sequence[Worker]:
-        w = self._t.w
         return self._workers(
             "reading recent running workers",
-            w["status"] == self._wstatus[WorkerStatus.RUNNING],
-            w["created_at"] >= created_since,
-            w["last_seen"] >= seen_since,
-            *self._live(),
+            "recent",
+            {"created": created_since, "since": seen_since},
         )
 
     def stale_running_workers(
         self, ip: str, hostname: str | None, seen_before: datetime
     ) -> Sequence[Worker]:
-        w = self._t.w
-        same = (
-            w["ip"] == ip if hostname is None else sa.or_(w["ip"] == ip, w["hostname"] == hostname)
-        )
+        if hostname is None:
+            return self._workers(
+                "reading stale running workers", "stale_ip", {"ip": ip, "before": seen_before}
+            )
         return self._workers(
             "reading stale running workers",
-            same,
-            w["status"] == self._wstatus[WorkerStatus.RUNNING],
-            w["merged_into"].is_(None),
-            sa.or_(w["stale"] == sa.true(), w["last_seen"] < seen_before),
+            "stale_ip_host",
+            {"ip": ip, "host": hostname, "before": seen_before},
         )
 
     def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
@@ -399,34 +380,22 @@ class SQLWorkerRepository:
             return [a for i in ids for a in cache[i]]
         if not ids:
             return []
-        a = self._t.a
 
         def run() -> list[Assignment]:
-            rows = self._conn().execute(
-                sa.select(*self._a_cols).where(
-                    a["worker_id"].in_(ids),
-                    a["status"] == self._astatus[AssignmentStatus.RUNNING],
-                )
-            )
+            rows = self._conn().execute(self._q_running_of, {"ids": ids})
             return [self._assignment(r) for r in rows]
 
         return self._read("reading running assignments", run)
 
     def unflagged_workers_seen_before(self, seen_before: datetime) -> Sequence[Worker]:
-        w = self._t.w
-        return self._workers(
-            "reading unflagged workers",
-            w["stale"] == sa.false(),
-            w["last_seen"] < seen_before,
-            join=False,
-        )
+        return self._workers("reading unflagged workers", "unflagged", {"before": seen_before})
 
     def all_workers(self) -> Sequence[Worker]:
-        return self._workers("reading all workers", join=False)
+        return self._workers("reading all workers", "all", {})
 
     def all_assignments(self) -> Sequence[Assignment]:
         def run() -> list[Assignment]:
-            return [self._assignment(r) for r in self._conn().execute(sa.select(*self._a_cols))]
+            return [self._assignment(r) for r in self._conn().execute(self._q_all_assignments)]
 
         return self._read("reading all assignments", run)
 
@@ -444,38 +413,88 @@ class SQLWorkerRepository:
     def _write(self, ops: list[Write]) -> None:
         conn = self._conn()
         self._unit.running = None  # the cache no longer describes the store
-        t, m = self._t, self.mapping
+        m = self.mapping
+        wid, aid = self._t.w["id"].name, self._t.a["id"].name
         for op in ops:
-            if isinstance(op, (InsertWorker, UpdateWorker)):
+            if isinstance(op, InsertWorker):
                 values = self._worker_values(op.worker)
-                if m.worker_updated_at is not None:
-                    values[m.worker_updated_at] = self._utc_now_sql()
-                if isinstance(op, InsertWorker):
-                    values.update(m.worker_defaults)
-                    conn.execute(sa.insert(t.workers).values(values))
-                else:
-                    del values[t.w["id"].name]
-                    result = conn.execute(
-                        sa.update(t.workers).where(t.w["id"] == op.worker.id).values(values)
-                    )
-                    if result.rowcount != 1:
-                        raise StorageError(f"worker {op.worker.id!r} does not exist")
-            elif isinstance(op, (InsertAssignment, UpdateAssignment)):
+                values.update(m.worker_defaults)
+                conn.execute(self._ins_worker, values)
+            elif isinstance(op, UpdateWorker):
+                values = self._worker_values(op.worker)
+                values["_key"] = values.pop(wid)
+                if conn.execute(self._upd_worker, values).rowcount != 1:
+                    raise StorageError(f"worker {op.worker.id!r} does not exist")
+            elif isinstance(op, InsertAssignment):
                 values = self._assignment_values(op.assignment)
-                if m.assignment_updated_at is not None:
-                    values[m.assignment_updated_at] = self._utc_now_sql()
-                if isinstance(op, InsertAssignment):
-                    values.update(m.assignment_defaults)
-                    conn.execute(sa.insert(t.assignments).values(values))
-                else:
-                    del values[t.a["id"].name]
-                    result = conn.execute(
-                        sa.update(t.assignments).where(t.a["id"] == op.assignment.id).values(values)
-                    )
-                    if result.rowcount != 1:
-                        raise StorageError(f"assignment {op.assignment.id!r} does not exist")
+                values.update(m.assignment_defaults)
+                conn.execute(self._ins_assignment, values)
+            elif isinstance(op, UpdateAssignment):
+                values = self._assignment_values(op.assignment)
+                values["_key"] = values.pop(aid)
+                if conn.execute(self._upd_assignment, values).rowcount != 1:
+                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
             else:  # pragma: no cover - guarded by the type checker
                 raise StorageError(f"unknown write operation {op!r}")
+
+    def _build_statements(self) -> None:
+        """Every statement, built once with bound parameters (SQLAlchemy then compiles each
+        once per dialect and reuses it)."""
+        t, m = self._t, self.mapping
+        w, a = t.w, t.a
+        b = sa.bindparam
+        w_running = b("w_running", self._wstatus[WorkerStatus.RUNNING], type_=w["status"].type)
+        a_running = b("a_running", self._astatus[AssignmentStatus.RUNNING], type_=a["status"].type)
+        live = (w["stale"] == sa.false(), w["merged_into"].is_(None))
+        stale_or_old = sa.or_(w["stale"] == sa.true(), w["last_seen"] < b("before"))
+        wheres: dict[str, tuple[sa.ColumnElement[bool], ...]] = {
+            "by_id": (w["id"] == b("wid"),),
+            "by_ip": (w["ip"] == b("ip"), w["last_seen"] >= b("since"), *live),
+            "by_host": (w["hostname"] == b("host"), w["last_seen"] >= b("since"), *live),
+            "recent": (
+                w["status"] == w_running,
+                w["created_at"] >= b("created"),
+                w["last_seen"] >= b("since"),
+                *live,
+            ),
+            "stale_ip": (
+                w["ip"] == b("ip"),
+                w["status"] == w_running,
+                w["merged_into"].is_(None),
+                stale_or_old,
+            ),
+            "stale_ip_host": (
+                sa.or_(w["ip"] == b("ip"), w["hostname"] == b("host")),
+                w["status"] == w_running,
+                w["merged_into"].is_(None),
+                stale_or_old,
+            ),
+            "unflagged": (w["stale"] == sa.false(), w["last_seen"] < b("before")),
+            "all": (),
+        }
+        joined = t.workers.outerjoin(
+            t.assignments, sa.and_(a["worker_id"] == w["id"], a["status"] == a_running)
+        )
+        self._q_workers = {k: sa.select(*self._w_cols).where(*v) for k, v in wheres.items()}
+        self._q_workers_joined = {
+            k: sa.select(*self._w_cols, *self._a_cols).select_from(joined).where(*v)
+            for k, v in wheres.items()
+        }
+        self._q_assignment = sa.select(*self._a_cols).where(a["id"] == b("aid"))
+        self._q_running_of = sa.select(*self._a_cols).where(
+            a["worker_id"].in_(b("ids", expanding=True)), a["status"] == a_running
+        )
+        self._q_all_assignments = sa.select(*self._a_cols)
+        touch_w = {} if m.worker_updated_at is None else {m.worker_updated_at: self._utc_now_sql()}
+        touch_a = (
+            {}
+            if m.assignment_updated_at is None
+            else {m.assignment_updated_at: self._utc_now_sql()}
+        )
+        self._ins_worker = sa.insert(t.workers).values(touch_w)
+        self._upd_worker = sa.update(t.workers).where(w["id"] == b("_key")).values(touch_w)
+        self._ins_assignment = sa.insert(t.assignments).values(touch_a)
+        self._upd_assignment = sa.update(t.assignments).where(a["id"] == b("_key")).values(touch_a)
 
     def atomically(self, fn: Callable[[], T]) -> T:
         unit = self._unit
@@ -548,39 +567,24 @@ class SQLWorkerRepository:
             return self._guard(what, fn)
         return self.atomically(lambda: self._guard(what, fn))
 
-    def _workers(
-        self, what: str, *where: sa.ColumnElement[bool], join: bool = True
-    ) -> list[Worker]:
-        t = self._t
-
+    def _workers(self, what: str, query: str, params: dict[str, Any]) -> list[Worker]:
         def run() -> list[Worker]:
             conn = self._conn()
-            if not join or self._unit.running is None:
-                rows = conn.execute(sa.select(*self._w_cols).where(*where))
+            cache = self._unit.running
+            if cache is None or query in ("all", "unflagged"):
+                rows = conn.execute(self._q_workers[query], params)
                 return [self._worker(r) for r in rows]
-            a = t.a
-            on = sa.and_(
-                a["worker_id"] == t.w["id"],
-                a["status"] == self._astatus[AssignmentStatus.RUNNING],
-            )
-            stmt = (
-                sa.select(*self._w_cols, *self._a_cols)
-                .select_from(t.workers.outerjoin(t.assignments, on))
-                .where(*where)
-            )
             n = len(self._w_cols)
             workers: dict[str, Worker] = {}
             running: dict[str, list[Assignment]] = {}
-            for row in conn.execute(stmt):
+            for row in conn.execute(self._q_workers_joined[query], params):
                 wid = row[0]
                 if wid not in workers:
                     workers[wid] = self._worker(row[:n])
                     running[wid] = []
                 if row[n] is not None:
                     running[wid].append(self._assignment(row[n:]))
-            cache = self._unit.running
-            if cache is not None:
-                cache.update(running)
+            cache.update(running)
             return list(workers.values())
 
         return self._read(what, run)
