@@ -55,9 +55,14 @@ class InMemoryWorkerRepository:
         self._by_ip: dict[str, set[str]] = {}
         self._by_hostname: dict[str, set[str]] = {}
         self._by_holder: dict[str, set[str]] = {}
-        # (created_at, id) of every RUNNING worker, sorted: serves "RUNNING and created since"
-        # by bisection, in time proportional to the recent claims, not to the fleet.
+        # (created_at, id) of every worker that has been RUNNING, sorted: serves "RUNNING and
+        # created since" by bisection, in time proportional to the recent claims, not to the
+        # fleet.  An entry stays when its worker stops running (deleting from the middle of a
+        # long list moves the rest of it): the query skips entries whose worker is no longer
+        # RUNNING or no longer has that created_at.  _running_entries holds the same entries,
+        # so that none is added twice.
         self._running_by_created: list[tuple[datetime, str]] = []
+        self._running_entries: set[tuple[datetime, str]] = set()
         # Undo journal of the innermost atomically() call, or None outside one.
         self._journal: list[Callable[[], None]] | None = None
 
@@ -99,7 +104,19 @@ class InMemoryWorkerRepository:
         with self._lock:
             index = self._running_by_created
             start = bisect.bisect_left(index, (created_since, ""))
-            return self._live([wid for _, wid in index[start:]], seen_since)
+            out = []
+            for created, wid in index[start:]:
+                w = self._workers.get(wid)
+                if (
+                    w is not None
+                    and w.status is WorkerStatus.RUNNING
+                    and w.created_at == created
+                    and not w.stale
+                    and w.merged_into is None
+                    and w.last_seen >= seen_since
+                ):
+                    out.append(w)
+            return out
 
     def stale_running_workers(
         self, ip: str, hostname: str | None, seen_before: datetime
@@ -231,9 +248,6 @@ class InMemoryWorkerRepository:
             _discard(self._by_ip, old.ip, wid)
             if old.hostname is not None:
                 _discard(self._by_hostname, old.hostname, wid)
-            if old.status is WorkerStatus.RUNNING and not _same_running_key(old, new):
-                i = bisect.bisect_left(self._running_by_created, (old.created_at, wid))
-                del self._running_by_created[i]
         if new is None:
             del self._workers[wid]
             return
@@ -241,8 +255,10 @@ class InMemoryWorkerRepository:
         self._by_ip.setdefault(new.ip, set()).add(wid)
         if new.hostname is not None:
             self._by_hostname.setdefault(new.hostname, set()).add(wid)
-        if new.status is WorkerStatus.RUNNING and not _same_running_key(new, old):
-            bisect.insort(self._running_by_created, (new.created_at, wid))
+        entry = (new.created_at, wid)
+        if new.status is WorkerStatus.RUNNING and entry not in self._running_entries:
+            bisect.insort(self._running_by_created, entry)
+            self._running_entries.add(entry)
 
     def _put_assignment(self, new: Assignment) -> None:
         old = self._assignments.get(new.id)
@@ -260,11 +276,6 @@ class InMemoryWorkerRepository:
         self._assignments[aid] = new
         if new.worker_id is not None:
             self._by_holder.setdefault(new.worker_id, set()).add(aid)
-
-
-def _same_running_key(a: Worker, b: Worker | None) -> bool:
-    """Whether ``b`` has the same entry as RUNNING worker ``a`` in the running-by-created index."""
-    return b is not None and b.status is WorkerStatus.RUNNING and b.created_at == a.created_at
 
 
 def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
