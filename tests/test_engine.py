@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import pytest
 
 import workermatch as wm
@@ -369,6 +370,29 @@ def test_the_running_index_follows_a_worker_through_its_session() -> None:
     assert running() == ["w1"]
     wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), at(3), repo)
     assert running() == []
+
+
+def test_the_running_index_answers_from_the_current_rows() -> None:
+    # A row may change its status and even its creation time; the query follows the row.
+    repo = new_repo()
+    since = at(-60)
+    running = a_worker("w1", status=S.RUNNING, assignment_id="A1")
+
+    def found() -> list[str]:
+        return [w.id for w in repo.recent_running_workers(since, since)]
+
+    repo.write([wm.InsertWorker(worker=running)])
+    assert found() == ["w1"]
+    for row, expected in [
+        (attrs.evolve(running, created_at=at(-3600)), []),
+        (running, ["w1"]),
+        (attrs.evolve(running, status=S.IDLE), []),
+        (running, ["w1"]),
+        (attrs.evolve(running, stale=True), []),
+        (running, ["w1"]),
+    ]:
+        repo.write([wm.UpdateWorker(worker=row)])
+        assert found() == expected
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_default_policy_rules_along_the_story() -> None:
     assert not any(d.ambiguous for d in rules)
 
 
-@pytest.mark.parametrize("gui_start", [3.0, 20.0, 29.0, 45.0, 119.0, 180.0, 240.0])
+@pytest.mark.parametrize("gui_start", [3.0, 20.0, 29.0, 45.0, 119.0, 180.0, 240.0, 299.0])
 def test_default_policy_makes_one_worker_whenever_the_gui_starts(gui_start: float) -> None:
     # Including a slow GUI start (2 to 4 minutes after the claim), past the note's 2 minutes.
     repo = replay(wm.DEFAULT_POLICY, gui_start)
@@ -122,7 +122,15 @@ def test_default_policy_makes_one_worker_whenever_the_gui_starts(gui_start: floa
     assert the_assignment(repo) == (wm.AssignmentStatus.COMPLETED, "w1")
 
 
-@pytest.mark.parametrize("gui_start", [31.0, 45.0, 119.0])
+def test_default_policy_cannot_link_a_gui_that_starts_after_stale_after_on_another_ip() -> None:
+    # A documented limit: by 301 s the claim's worker is stale, its IP is not the GUI's and it
+    # has no hostname, so nothing links the GUI to it and nothing is transferred.
+    repo = replay(wm.DEFAULT_POLICY, 301.0)
+    assert summary(repo) == [("w1", CLAIM_IP, None), ("w2", GUI_IP, "ug-gns0s34")]
+    assert the_assignment(repo) == (wm.AssignmentStatus.RUNNING, "w1")
+
+
+@pytest.mark.parametrize("gui_start", [31.0, 45.0, 119.0, 120.0])
 def test_note_policy_makes_one_worker_when_the_gui_starts_after_30_s(gui_start: float) -> None:
     # The claim's worker has been quiet for more than 30 s and was created less than 2 min
     # ago: the note's priority 2 takes it, exactly as its "Expected Behavior After Fix" says.
