@@ -118,6 +118,9 @@ class SQLWorkerRepository:
                 f"unsupported database {self._backend!r}", field="engine", value=engine
             )
         self._own_engine = False
+        #: How many times a unit was rolled back and run again after a serialisation failure
+        #: or deadlock (a figure for monitoring; it never affects results).
+        self.retries = 0
         self.mapping = mapping
         self._t: Tables = build_tables(mapping)
         self._id_factory = id_factory or _uuid_ids
@@ -526,6 +529,7 @@ class SQLWorkerRepository:
                             and attempt < MAX_ATTEMPTS
                             and self._retryable(err.__cause__)
                         ):
+                            self.retries += 1
                             time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
                             continue
                         if isinstance(err, StorageError) and err.__cause__ is not None:

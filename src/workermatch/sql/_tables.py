@@ -144,15 +144,17 @@ def build_tables(mapping: TableMapping) -> Tables:
 
     p = mapping.prefix
     w, a = worker_cols, assignment_cols
+    # No index holds last_seen, the column every request updates: on PostgreSQL a heartbeat's
+    # UPDATE then changes no indexed value and can be a heap-only (HOT) update, which writes no
+    # index entry.  The few workers one IP or hostname has are filtered on last_seen after the
+    # index lookup.
     indexes = (
         # Rule 2 (exact IP) and the transfer's "same IP".
-        sa.Index(f"{p}_ip_idx", w["ip"], w["last_seen"]),
+        sa.Index(f"{p}_ip_idx", w["ip"]),
         # Rule 4 (hostname) and the transfer's "same hostname".
-        sa.Index(f"{p}_hostname_idx", w["hostname"], w["last_seen"]),
+        sa.Index(f"{p}_hostname_idx", w["hostname"]),
         # Rule 3 (recent workers holding a RUNNING assignment).
         sa.Index(f"{p}_status_created_idx", w["status"], w["created_at"]),
-        # The sweep (unflagged workers seen before a time).
-        sa.Index(f"{p}_stale_seen_idx", w["stale"], w["last_seen"]),
         # running_assignments_of: the RUNNING assignments a worker holds.
         sa.Index(f"{p}_asg_holder_idx", a["worker_id"], a["status"]),
     )
