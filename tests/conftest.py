@@ -17,6 +17,9 @@ from hypothesis import HealthCheck, settings
 
 from _stores import _server_stores, store_factory  # noqa: F401  (fixtures for every test)
 
+# The kit-catches-bugs tests run pytest inside pytest (tests/test_kit_catches_bugs.py).
+pytest_plugins = ["pytester"]
+
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
     "ci",

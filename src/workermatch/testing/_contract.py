@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,6 +42,9 @@ from ._strategies import EPOCH, fleet_streams
 
 __all__ = ["RepositoryContract"]
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 _IPS = ("10.0.0.1", "10.0.0.2", "2001:db8::1")
 _HOSTS = ("alpha", "beta")
 _WORKER_IDS = tuple(f"w{i}" for i in range(1, 9))
@@ -52,10 +55,24 @@ def _times() -> st.SearchStrategy[datetime]:
     return st.integers(0, 30 * 60 * 1000).map(lambda ms: EPOCH + timedelta(milliseconds=ms))
 
 
+_END = EPOCH + timedelta(hours=1)
+
+
+def _assignment_statuses() -> st.SearchStrategy[AssignmentStatus]:
+    """Every status, RUNNING (what the engine reads) most often."""
+    return st.sampled_from([AssignmentStatus.RUNNING, *AssignmentStatus])
+
+
+def _cutoffs(first: datetime) -> st.SearchStrategy[list[datetime]]:
+    """Cut-off times for a query: ``first`` (every row qualifies), then a few drawn ones."""
+    return st.lists(_times(), max_size=3).map(lambda ts: [first, *ts])
+
+
 @st.composite
 def _rows(draw: st.DrawFn) -> tuple[list[Worker], list[Assignment]]:
     """A consistent set of rows: unique ids, merge pointers and holders name seeded workers."""
-    ids = draw(st.lists(st.sampled_from(_WORKER_IDS), unique=True, max_size=len(_WORKER_IDS)))
+    count = draw(st.sampled_from(range(len(_WORKER_IDS) + 1)))
+    ids = list(draw(st.permutations(_WORKER_IDS))[:count])
     workers = []
     for wid in ids:
         created = draw(_times())
@@ -68,17 +85,19 @@ def _rows(draw: st.DrawFn) -> tuple[list[Worker], list[Assignment]]:
                 created_at=created,
                 last_seen=seen,
                 status=draw(st.sampled_from(list(WorkerStatus))),
-                stale=draw(st.booleans()),
+                stale=draw(st.sampled_from([False, False, True])),
                 assignment_id=draw(st.sampled_from((None, *_ASSIGNMENT_IDS))),
                 ended_at=draw(st.none() | st.just(seen)),
-                merged_into=draw(st.none() | st.sampled_from(ids)) if draw(st.booleans()) else None,
+                merged_into=draw(st.sampled_from([None, None, None, *ids])),
             )
         )
-    aids = draw(st.lists(st.sampled_from(_ASSIGNMENT_IDS), unique=True))
+    aids = list(
+        draw(st.permutations(_ASSIGNMENT_IDS))[: draw(st.integers(0, len(_ASSIGNMENT_IDS)))]
+    )
     assignments = [
         Assignment(
             id=aid,
-            status=draw(st.sampled_from(list(AssignmentStatus))),
+            status=draw(_assignment_statuses()),
             worker_id=draw(st.sampled_from((None, *ids))),
             started_at=draw(st.none() | _times()),
             ended_at=draw(st.none() | _times()),
@@ -128,7 +147,7 @@ def _write_batches(draw: st.DrawFn) -> tuple[list[Worker], list[Assignment], lis
                 UpdateAssignment(
                     assignment=Assignment(
                         id=a.id,
-                        status=draw(st.sampled_from(list(AssignmentStatus))),
+                        status=draw(st.just(a.status) | _assignment_statuses()),
                         worker_id=draw(st.sampled_from((None, *ids))),
                         started_at=a.started_at,
                         ended_at=draw(st.none() | _times()),
@@ -147,6 +166,10 @@ def _write_batches(draw: st.DrawFn) -> tuple[list[Worker], list[Assignment], lis
             )
         )
     return workers, assignments, writes
+
+
+def _product(xs: Sequence[T], ys: Sequence[U]) -> list[tuple[T, U]]:
+    return [(x, y) for x in xs for y in ys]
 
 
 class RepositoryContract:
@@ -253,8 +276,7 @@ class RepositoryContract:
 
     def test_live_workers_by_ip_agrees_with_reference(self) -> None:
         def check(repo: WorkerRepository, ref: WorkerRepository, data: st.DataObject) -> None:
-            since = data.draw(_times(), label="seen_since")
-            for ip in _IPS:
+            for since, ip in _product(data.draw(_cutoffs(EPOCH), label="seen_since"), _IPS):
                 assert_same_rows(
                     f"live_workers_by_ip({ip!r}, seen_since={since.isoformat()}) (live: stale "
                     "flag unset, not merged, last_seen >= seen_since)",
@@ -267,8 +289,7 @@ class RepositoryContract:
 
     def test_live_workers_by_hostname_agrees_with_reference(self) -> None:
         def check(repo: WorkerRepository, ref: WorkerRepository, data: st.DataObject) -> None:
-            since = data.draw(_times(), label="seen_since")
-            for host in _HOSTS:
+            for since, host in _product(data.draw(_cutoffs(EPOCH), label="seen_since"), _HOSTS):
                 assert_same_rows(
                     f"live_workers_by_hostname({host!r}, seen_since={since.isoformat()}) (live: "
                     "stale flag unset, not merged, last_seen >= seen_since)",
@@ -281,23 +302,23 @@ class RepositoryContract:
 
     def test_recent_running_workers_agrees_with_reference(self) -> None:
         def check(repo: WorkerRepository, ref: WorkerRepository, data: st.DataObject) -> None:
-            created = data.draw(_times(), label="created_since")
-            seen = data.draw(_times(), label="seen_since")
-            assert_same_rows(
-                f"recent_running_workers(created_since={created.isoformat()}, "
-                f"seen_since={seen.isoformat()}) (live RUNNING workers)",
-                repo.recent_running_workers(created, seen),
-                ref.recent_running_workers(created, seen),
-                key=lambda w: w.id,
-            )
+            created_list = data.draw(_cutoffs(EPOCH), label="created_since")
+            seen_list = data.draw(_cutoffs(EPOCH), label="seen_since")
+            for created, seen in _product(created_list, seen_list):
+                assert_same_rows(
+                    f"recent_running_workers(created_since={created.isoformat()}, "
+                    f"seen_since={seen.isoformat()}) (live RUNNING workers)",
+                    repo.recent_running_workers(created, seen),
+                    ref.recent_running_workers(created, seen),
+                    key=lambda w: w.id,
+                )
 
         self._with_rows(check)
 
     def test_stale_running_workers_agrees_with_reference(self) -> None:
         def check(repo: WorkerRepository, ref: WorkerRepository, data: st.DataObject) -> None:
-            before = data.draw(_times(), label="seen_before")
-            for ip in _IPS:
-                for host in (None, *_HOSTS):
+            for before in data.draw(_cutoffs(_END), label="seen_before"):
+                for ip, host in _product(_IPS, (None, *_HOSTS)):
                     assert_same_rows(
                         f"stale_running_workers({ip!r}, {host!r}, seen_before="
                         f"{before.isoformat()}) (the workers whose RUNNING assignments a new "
@@ -311,25 +332,26 @@ class RepositoryContract:
 
     def test_running_assignments_of_agrees_with_reference(self) -> None:
         def check(repo: WorkerRepository, ref: WorkerRepository, data: st.DataObject) -> None:
-            ids = data.draw(st.lists(st.sampled_from(_WORKER_IDS), unique=True), label="ids")
-            assert_same_rows(
-                f"running_assignments_of({ids!r})",
-                repo.running_assignments_of(ids),
-                ref.running_assignments_of(ids),
-                key=lambda a: a.id,
-            )
+            drawn = data.draw(st.lists(st.sampled_from(_WORKER_IDS), unique=True), label="ids")
+            for ids in (list(_WORKER_IDS), drawn):
+                assert_same_rows(
+                    f"running_assignments_of({ids!r})",
+                    repo.running_assignments_of(ids),
+                    ref.running_assignments_of(ids),
+                    key=lambda a: a.id,
+                )
 
         self._with_rows(check)
 
     def test_unflagged_workers_seen_before_agrees_with_reference(self) -> None:
         def check(repo: WorkerRepository, ref: WorkerRepository, data: st.DataObject) -> None:
-            before = data.draw(_times(), label="seen_before")
-            assert_same_rows(
-                f"unflagged_workers_seen_before({before.isoformat()}) (what a sweep flags)",
-                repo.unflagged_workers_seen_before(before),
-                ref.unflagged_workers_seen_before(before),
-                key=lambda w: w.id,
-            )
+            for before in data.draw(_cutoffs(_END), label="seen_before"):
+                assert_same_rows(
+                    f"unflagged_workers_seen_before({before.isoformat()}) (what a sweep flags)",
+                    repo.unflagged_workers_seen_before(before),
+                    ref.unflagged_workers_seen_before(before),
+                    key=lambda w: w.id,
+                )
 
         self._with_rows(check)
 
@@ -522,7 +544,8 @@ class RepositoryContract:
 
 
 class _SlowReads:
-    """Delegates to a repository, pausing after the exact-IP read to widen any race."""
+    """Delegates to a repository, pausing before each write to widen any race: without a
+    serialisable unit, the other thread's reads run while this one waits to write."""
 
     def __init__(self, inner: WorkerRepository) -> None:
         self._inner = inner
@@ -530,7 +553,7 @@ class _SlowReads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
-        found = self._inner.live_workers_by_ip(ip, seen_since)
+    def write(self, writes: Iterable[Write]) -> None:
+        ops = list(writes)
         time.sleep(0.05)
-        return found
+        self._inner.write(ops)

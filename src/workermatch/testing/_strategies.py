@@ -379,8 +379,11 @@ def _session(
     silence: tuple[int, int] | None = None
     if draw(st.booleans()):
         at = draw(st.integers(gui_start + 1, end))
-        longest = opts.stale_ms + 200_000 if opts.long_silences else opts.stale_ms - 61_000
-        length = draw(st.integers(31_000, longest))
+        if opts.long_silences and draw(st.booleans()):
+            length = draw(st.integers(opts.stale_ms + 1_000, opts.stale_ms + 200_000))
+        else:
+            # Short enough that, with the requests around it, the gap stays within stale_after.
+            length = draw(st.integers(31_000, opts.stale_ms - 61_000))
         silence = (at, at + length)
         end += length
     endings: list[str | None] = (
