@@ -61,7 +61,7 @@ def seed_sql(repository: Any, workers: Sequence[Worker], assignments: Sequence[A
 EXAMPLES_PER_STORE = {"sqlite": 40, "postgresql": 20, "mysql": 20, "prisma": 20}
 
 
-class TestShippedRepositories(RepositoryContract):
+class TestShippedRepositories(RepositoryContract[WorkerRepository]):
     """The whole kit, once per shipped store."""
 
     _factory: StoreFactory

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,6 +44,7 @@ __all__ = ["RepositoryContract"]
 
 T = TypeVar("T")
 U = TypeVar("U")
+R = TypeVar("R", bound=WorkerRepository)
 
 _IPS = ("10.0.0.1", "10.0.0.2", "2001:db8::1")
 _HOSTS = ("alpha", "beta")
@@ -172,7 +173,7 @@ def _product(xs: Sequence[T], ys: Sequence[U]) -> list[tuple[T, U]]:
     return [(x, y) for x in xs for y in ys]
 
 
-class RepositoryContract:
+class RepositoryContract(Generic[R]):
     """The conformance kit.  Subclass it as ``TestMyRepository`` and supply two methods.
 
     ``make_repository(id_factory=...)`` returns a fresh, empty, isolated repository.  When
@@ -200,20 +201,20 @@ class RepositoryContract:
 
     # -- what a subclass supplies ------------------------------------------------------------
 
-    def make_repository(self, *, id_factory: Callable[[], str] | None) -> WorkerRepository:
+    def make_repository(self, *, id_factory: Callable[[], str] | None) -> R:
         """A fresh, empty repository, isolated from every other one the kit made."""
         raise NotImplementedError("subclass RepositoryContract and define make_repository()")
 
     def seed(
         self,
-        repository: WorkerRepository,
+        repository: R,
         workers: Sequence[Worker],
         assignments: Sequence[Assignment],
     ) -> None:
         """Store these rows through a back door, not through the protocol's methods."""
         raise NotImplementedError("subclass RepositoryContract and define seed()")
 
-    def close_repository(self, repository: WorkerRepository) -> None:
+    def close_repository(self, repository: R) -> None:
         """Release a repository the kit made (default: nothing to do)."""
 
     # -- helpers -----------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class RepositoryContract:
 
     def _seeded(
         self, workers: Sequence[Worker], assignments: Sequence[Assignment]
-    ) -> tuple[WorkerRepository, WorkerRepository]:
+    ) -> tuple[R, WorkerRepository]:
         reference = new_reference()
         reference.write(
             [InsertWorker(worker=w) for w in workers]
@@ -240,9 +241,7 @@ class RepositoryContract:
         self.seed(repo, list(workers), list(assignments))
         return repo, reference
 
-    def _with_rows(
-        self, check: Callable[[WorkerRepository, WorkerRepository, st.DataObject], None]
-    ) -> None:
+    def _with_rows(self, check: Callable[[R, WorkerRepository, st.DataObject], None]) -> None:
         @self._settings()
         @given(rows=_rows(), data=st.data())
         def run(rows: tuple[list[Worker], list[Assignment]], data: st.DataObject) -> None:
@@ -539,7 +538,7 @@ class RepositoryContract:
             settings=self.state_machine_settings,
         )
 
-    def _machine_repository(self) -> WorkerRepository:
+    def _machine_repository(self) -> R:
         return self.make_repository(id_factory=sequential_ids())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -37,7 +38,7 @@ class RepositoryStateMachine(RuleBasedStateMachine):
     def __init__(
         self,
         make_repository: Callable[[], WorkerRepository],
-        close_repository: Callable[[WorkerRepository], None] | None = None,
+        close_repository: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__()
         self.repo = make_repository()
