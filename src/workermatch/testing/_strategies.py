@@ -211,8 +211,18 @@ def identities(*, hostname: bool | None = None, hints: bool = True) -> st.Search
         hosts = hostnames()
     else:
         hosts = st.none()
-    ids = st.none() | st.sampled_from(["w1", "w2", "w3", "A1", "A2"]) if hints else st.none()
-    return st.builds(Identity, ip=ip_addresses(), hostname=hosts, worker_id=ids, assignment_id=ids)
+    worker_ids: st.SearchStrategy[str | None] = st.none()
+    assignment_ids: st.SearchStrategy[str | None] = st.none()
+    if hints:
+        worker_ids = st.none() | st.sampled_from(["w1", "w2", "w3"])
+        assignment_ids = st.none() | st.sampled_from(["A1", "A2"])
+    return st.builds(
+        Identity,
+        ip=ip_addresses(),
+        hostname=hosts,
+        worker_id=worker_ids,
+        assignment_id=assignment_ids,
+    )
 
 
 def _times(max_offset: timedelta) -> st.SearchStrategy[datetime]:
