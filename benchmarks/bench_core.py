@@ -222,7 +222,7 @@ def measure(sizes: list[int], repeat: int, budget: float) -> dict[int, dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,10000,1000000")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--budget", type=float, default=0.2, help="seconds per timed round")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
