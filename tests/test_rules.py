@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -490,29 +491,64 @@ class TestRanking:
         assert d.worker_id == "live"
         assert verdicts(d, wm.Rule.EXACT_IP)["ended"][1] == "ranked below live on live_session"
 
-    def test_then_the_most_recently_seen(self) -> None:
+    # Each criterion on its own: two candidates that differ only in what the criterion looks
+    # at; the winner's id sorts last, so the final tie-break on the id cannot be what picks it.
+    @pytest.mark.parametrize(
+        ("criterion", "winner", "loser"),
+        [
+            (wm.Criterion.HOSTNAME_AGREES, {"hostname": "box"}, {}),
+            (wm.Criterion.LIVE_SESSION, {}, {"session": "A0", "ended": -2}),
+            (wm.Criterion.HOLDS_RUNNING, {"running": "A1"}, {}),
+            (wm.Criterion.RECENTLY_SEEN, {"seen": -2}, {"seen": -10}),
+            (wm.Criterion.NEWEST, {"created": -50}, {"created": -100}),
+            (wm.Criterion.OLDEST, {"created": -100}, {"created": -50}),
+        ],
+        ids=lambda v: v.value if isinstance(v, wm.Criterion) else None,
+    )
+    def test_each_criterion_ranks_the_candidates(
+        self, criterion: wm.Criterion, winner: dict[str, Any], loser: dict[str, Any]
+    ) -> None:
         repo = new_repo()
-        seed(repo, "earlier", "10.0.0.1", seen=-10, running="A1")
-        seed(repo, "later", "10.0.0.1", seen=-2, running="A2")
-        d = decide(repo, "10.0.0.1")
-        assert d.worker_id == "later"
-        assert verdicts(d, wm.Rule.EXACT_IP)["earlier"][1] == "ranked below later on recently_seen"
+        seed(repo, "z-winner", "10.0.0.1", **winner)
+        seed(repo, "a-loser", "10.0.0.1", **loser)
+        policy = wm.DEFAULT_POLICY.evolve(ranking=(criterion,))
+        d = decide(repo, "10.0.0.1", hostname="box", policy=policy)
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "z-winner", True)
+        assert verdicts(d, wm.Rule.EXACT_IP)["a-loser"] == (
+            wm.Verdict.OUTRANKED,
+            f"ranked below z-winner on {criterion.value}",
+        )
 
-    def test_then_the_newest_and_finally_the_smallest_id(self) -> None:
+    def test_nearest_ip_ranks_the_longest_common_prefix_first(self) -> None:
         repo = new_repo()
-        seed(repo, "b-old", "10.0.0.1", created=-100)
-        seed(repo, "c-new", "10.0.0.1", created=-50)
-        seed(repo, "a-new", "10.0.0.1", created=-50)
+        seed(repo, "z-near", "10.0.0.2", hostname="box")
+        seed(repo, "a-far", "10.200.0.1", hostname="box")
+        seed(repo, "a-other-family", "2001:db8::1", hostname="box")
+        policy = wm.DEFAULT_POLICY.evolve(ranking=(wm.Criterion.NEAREST_IP,))
+        d = decide(repo, "10.0.0.9", hostname="box", policy=policy)
+        assert (d.rule, d.worker_id) == (wm.Rule.HOSTNAME, "z-near")
+        assert verdicts(d, wm.Rule.HOSTNAME)["a-far"][1] == "ranked below z-near on nearest_ip"
+
+    def test_criteria_apply_in_the_policys_order(self) -> None:
+        repo = new_repo()
+        seed(repo, "busy-earlier", "10.0.0.1", seen=-10, running="A1")
+        seed(repo, "idle-later", "10.0.0.1", seen=-1)
+        running_first = (wm.Criterion.HOLDS_RUNNING, wm.Criterion.RECENTLY_SEEN)
+        policy = wm.DEFAULT_POLICY.evolve(ranking=running_first)
+        assert decide(repo, "10.0.0.1", policy=policy).worker_id == "busy-earlier"
+        policy = wm.DEFAULT_POLICY.evolve(ranking=running_first[::-1])
+        assert decide(repo, "10.0.0.1", policy=policy).worker_id == "idle-later"
+
+    def test_the_smallest_id_breaks_a_tie_on_every_criterion(self) -> None:
+        repo = new_repo()
+        for wid in ("c", "a", "b"):
+            seed(repo, wid, "10.0.0.1")
         d = decide(repo, "10.0.0.1")
-        assert d.worker_id == "a-new"
-        assert verdicts(d, wm.Rule.EXACT_IP) == {
-            "a-new": (wm.Verdict.TAKEN, d.reports[2].candidates[0].reason),
-            "c-new": (
-                wm.Verdict.OUTRANKED,
-                "ranked below a-new on worker id (every criterion tied)",
-            ),
-            "b-old": (wm.Verdict.OUTRANKED, "ranked below a-new on newest"),
-        }
+        assert d.worker_id == "a"
+        assert verdicts(d, wm.Rule.EXACT_IP)["b"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below a on worker id (every criterion tied)",
+        )
 
     def test_the_notes_first_match_wins_takes_the_earliest_created(self) -> None:
         repo = new_repo()
@@ -532,7 +568,7 @@ class TestAmbiguity:
     def test_tie_break_takes_the_best_ranked_and_flags_it(self) -> None:
         repo = new_repo()
         seed(repo, "w1", "10.0.0.1", seen=-5)
-        seed(repo, "w2", "10.0.0.1", seen=-1)
+        seed(repo, "w2", "10.0.0.1", seen=-1, running="A1")
         d = decide(repo, "10.0.0.1")
         assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "w2", True)
         assert d.to_dict()["ambiguous"] is True
@@ -803,8 +839,8 @@ class TestExplanation:
     def scenario(self) -> wm.Decision:
         repo = new_repo()
         seed(repo, "vetoed", "10.0.0.1", hostname="other")
-        seed(repo, "older", "10.0.0.1", seen=-20)
-        seed(repo, "newer", "10.0.0.1", seen=-2)
+        seed(repo, "idle", "10.0.0.1", seen=-2)
+        seed(repo, "busy", "10.0.0.1", seen=-20, running="A1")
         return decide(repo, "10.0.0.1", hostname="box", worker_id="ghost")
 
     def test_explain_names_every_candidate_and_what_became_of_it(self) -> None:
@@ -812,13 +848,13 @@ class TestExplanation:
         lines = text.splitlines()
         assert lines[0] == (
             "request(ip=10.0.0.1, hostname=box, worker_id=ghost) at 2025-11-06T12:00:00+00:00 "
-            "-> worker newer by rule exact_ip (ambiguous) [policy default]"
+            "-> worker busy by rule exact_ip (ambiguous) [policy default]"
         )
         assert "  worker_id: no candidates - the hint names worker ghost" in lines
         assert "    ghost: rejected - no such worker" in lines
         assert "  assignment: not applicable - the request carries no assignment hint" in lines
-        assert any(line.startswith("    newer: taken - best of 2 candidates by ") for line in lines)
-        assert "    older: outranked - ranked below newer on recently_seen" in lines
+        assert any(line.startswith("    busy: taken - best of 2 candidates by ") for line in lines)
+        assert "    idle: outranked - ranked below busy on holds_running" in lines
         assert "    vetoed: rejected - hostname veto: its hostname other differs from box" in lines
         assert "  recent_orphan: not reached - exact_ip matched first" in lines
         assert "  hostname: not reached - exact_ip matched first" in lines
@@ -832,15 +868,15 @@ class TestExplanation:
             "ip": "10.0.0.1",
             "hostname": "box",
             "rule": "exact_ip",
-            "worker": "newer",
+            "worker": "busy",
             "created": False,
             "ambiguous": True,
         }
         assert [r["rule"] for r in data["reports"]] == [r.value for r in wm.DEFAULT_POLICY.chain]
         (exact,) = [r for r in data["reports"] if r["rule"] == "exact_ip"]
         assert {c["worker"]: c["verdict"] for c in exact["candidates"]} == {
-            "newer": "taken",
-            "older": "outranked",
+            "busy": "taken",
+            "idle": "outranked",
             "vetoed": "rejected",
         }
 
