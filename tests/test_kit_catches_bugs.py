@@ -169,13 +169,3 @@ def test_kit_fails_a_broken_repository_in_the_stream_comparison(pytester: pytest
     assert result.parseoutcomes().get("failed") == 1, result.stdout.str()
     text = result.stdout.str()
     assert "decided differently from the reference" in text or "after the same requests" in text
-
-
-def test_kit_passes_the_reference(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_adapter=textwrap.dedent(HEADER) + "\n\nclass TestReference(Contract):\n    pass\n"
-    )
-    result = pytester.runpytest("-p", "no:cacheprovider", "-q", "-k", "not state_machine")
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("failed", 0) == 0, result.stdout.str()
-    assert outcomes.get("passed", 0) >= 15
