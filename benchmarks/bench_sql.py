@@ -152,7 +152,7 @@ def build(url: str, n: int) -> None:
             for name in (t.workers.name, t.assignments.name, NOTE_WORKERS, NOTE_ASSIGNMENTS):
                 conn.exec_driver_sql(f"ANALYZE TABLE {name}").all()
     else:
-        with repo.engine.connect() as conn:
+        with repo.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
     repo.close()
 
@@ -385,7 +385,9 @@ def explain(url: str) -> None:
                 continue
             seen.add(statement)
             prefix = "EXPLAIN (ANALYZE, COSTS OFF, BUFFERS OFF) "
-            if conn.dialect.name != "postgresql":
+            if conn.dialect.name == "sqlite":
+                prefix = "EXPLAIN QUERY PLAN "
+            elif conn.dialect.name != "postgresql":
                 prefix = "EXPLAIN "
             rows = conn.exec_driver_sql(prefix + statement, params).all()
             print(f"-- {name}")

@@ -466,8 +466,8 @@ class SQLWorkerRepository:
                 w["merged_into"].is_(None),
                 stale_or_old,
             ),
-            "stale_ip_host": (
-                sa.or_(w["ip"] == b("ip"), w["hostname"] == b("host")),
+            "stale_host": (
+                w["hostname"] == b("host"),
                 w["status"] == w_running,
                 w["merged_into"].is_(None),
                 stale_or_old,
@@ -478,11 +478,23 @@ class SQLWorkerRepository:
         joined = t.workers.outerjoin(
             t.assignments, sa.and_(a["worker_id"] == w["id"], a["status"] == a_running)
         )
-        self._q_workers = {k: sa.select(*self._w_cols).where(*v) for k, v in wheres.items()}
-        self._q_workers_joined = {
+        self._q_workers: dict[str, Any] = {
+            k: sa.select(*self._w_cols).where(*v) for k, v in wheres.items()
+        }
+        self._q_workers_joined: dict[str, Any] = {
             k: sa.select(*self._w_cols, *self._a_cols).select_from(joined).where(*v)
             for k, v in wheres.items()
         }
+        # "Same IP or same hostname" is a UNION of two index lookups, each pinned to its index on
+        # SQLite: without statistics its planner otherwise picks the status index and reads every
+        # RUNNING worker.
+        ip_idx, host_idx = (ix.name for ix in t.indexes[:2])
+        for q in (self._q_workers, self._q_workers_joined):
+            q["stale_ip"] = q["stale_ip"].with_hint(t.workers, f"INDEXED BY {ip_idx}", "sqlite")
+            q["stale_host"] = q["stale_host"].with_hint(
+                t.workers, f"INDEXED BY {host_idx}", "sqlite"
+            )
+            q["stale_ip_host"] = sa.union(q["stale_ip"], q.pop("stale_host"))
         self._q_assignment = sa.select(*self._a_cols).where(a["id"] == b("aid"))
         self._q_running_of = sa.select(*self._a_cols).where(
             a["worker_id"].in_(b("ids", expanding=True)), a["status"] == a_running
