@@ -33,6 +33,7 @@ from ._protocol import (
     WorkerRepository,
     Write,
 )
+from ._reconcile import plan_merge
 from ._rules import Decision, run_chain
 
 __all__ = ["NEW_WORKER", "Outcome", "apply_event", "plan", "sweep"]
@@ -64,6 +65,8 @@ class Outcome:
     transferred: tuple[str, ...] = ()
     ended: tuple[str, ...] = ()
     idempotent: bool = False
+    merged: tuple[str, ...] = ()
+    """Duplicates this request revealed and merged into :attr:`worker` (``_reconcile``)."""
 
     @property
     def rule(self) -> Rule:
@@ -84,6 +87,11 @@ class Outcome:
             lines.append(
                 f"  moved RUNNING {', '.join(self.transferred)} from stale workers onto "
                 f"{self.worker.id}"
+            )
+        if self.merged:
+            lines.append(
+                f"  merged duplicate {', '.join(self.merged)} into {self.worker.id} "
+                "(same hostname, lifetimes do not overlap)"
             )
         if self.ended:
             lines.append(f"  ended {', '.join(self.ended)} ({self.event.message})")
@@ -250,6 +258,7 @@ def _plan_other(
     decision = run_chain(event.identity, now, repo, policy, policy.chain_for(event.kind))
     writes: list[Write] = []
     transferred: list[Assignment] = []
+    merge = None
     if decision.worker is None:
         worker = _new_worker(event, now, make_id)
         created = True
@@ -262,6 +271,10 @@ def _plan_other(
     else:
         worker = _touch(decision.worker, event, now, policy)
         created = False
+        merge = plan_merge(event, now, repo, policy, decision.worker)
+        if merge is not None:
+            worker = merge.survivor
+            writes.extend(merge.writes)
 
     ended: list[str] = []
     end_updates: list[Write] = []
@@ -271,6 +284,7 @@ def _plan_other(
         held = [
             *([] if created else repo.running_assignments_of([worker.id])),
             *transferred,
+            *([] if merge is None else repo.running_assignments_of([merge.duplicate.id])),
         ]
         final = AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
         for a in sorted(held, key=lambda a: a.id):
@@ -297,6 +311,7 @@ def _plan_other(
         writes=tuple(writes),
         transferred=tuple(sorted(a.id for a in transferred)),
         ended=tuple(ended),
+        merged=() if merge is None else (merge.duplicate.id,),
     )
 
 

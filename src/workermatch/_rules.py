@@ -247,10 +247,35 @@ def _rule_recent_orphan(ctx: _Context) -> _Found | str:
                     f"period of {_span(policy.quiet_period)}: another live stream feeds it",
                 )
             )
-    return (
-        found,
-        rejected,
-        (f"workers with a RUNNING assignment created within {_span(policy.orphan_window)}"),
+    detail = f"workers with a RUNNING assignment created within {_span(policy.orphan_window)}"
+    if found and policy.orphan_guard and ctx.identity.hostname is None and ctx.claiming is None:
+        rivals = _rivals(ctx, {w.id for w in found})
+        if rivals:
+            names = ", ".join(rivals[:3]) + (
+                f" and {len(rivals) - 3} more" if len(rivals) > 3 else ""
+            )
+            why = (
+                f"the request carries no hostname and {names} "
+                f"{'was' if len(rivals) == 1 else 'were'} fed within the quiet period of "
+                f"{_span(policy.quiet_period)}: the request may come from "
+                f"{'that machine' if len(rivals) == 1 else 'one of those machines'} after an "
+                "address change (orphan guard; a duplicate is reconciled later, a hijack is not)"
+            )
+            rejected += [
+                Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why) for w in found
+            ]
+            return [], rejected, detail
+    return found, rejected, detail
+
+
+def _rivals(ctx: _Context, orphans: set[str]) -> list[str]:
+    """Live workers with a hostname and a RUNNING assignment, fed within the quiet period: the
+    machines that could have sent a request without hostname from a new address."""
+    since = ctx.now - ctx.policy.quiet_period
+    return sorted(
+        w.id
+        for w in ctx.repo.recent_running_workers(_EPOCH, max(ctx.live_since, since))
+        if w.id not in orphans and w.hostname is not None and w.ended_at is None
     )
 
 

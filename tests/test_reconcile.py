@@ -1,0 +1,148 @@
+"""Reconciling a duplicate after the fact: the mid-run address change (docs/accuracy.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import workermatch as wm
+
+T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
+OLD_IP = "157.193.240.188"
+NEW_IP = "157.193.240.190"
+HOST = "UG-GNS0S34"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def new_repo() -> wm.InMemoryWorkerRepository:
+    return wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids())
+
+
+def apply(
+    repo: wm.InMemoryWorkerRepository,
+    seconds: float,
+    event: wm.Event,
+    policy: wm.Policy = wm.DEFAULT_POLICY,
+) -> wm.Outcome:
+    return wm.apply_event(event, at(seconds), repo, policy, create_assignments=True)
+
+
+def running_session(repo: wm.InMemoryWorkerRepository) -> None:
+    """A session on OLD_IP: claim, GUI start, updates until 400 s."""
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    apply(repo, 10, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    for t in range(11, 400, 3):
+        apply(repo, t, wm.Event.gui_update(OLD_IP, "overall_progress"))
+
+
+def flip(repo: wm.InMemoryWorkerRepository, policy: wm.Policy = wm.DEFAULT_POLICY) -> wm.Outcome:
+    """The VPN changes the address at 401 s: an update first, then the heartbeat."""
+    first = apply(repo, 401, wm.Event.gui_update(NEW_IP, "overall_progress"), policy)
+    assert first.created  # nothing ties an update without hostname to the session
+    return apply(repo, 420, wm.Event.heartbeat(NEW_IP, hostname=HOST), policy)
+
+
+def test_the_heartbeat_merges_the_duplicate_into_the_session_worker() -> None:
+    repo = new_repo()
+    running_session(repo)
+    outcome = flip(repo)
+    assert outcome.merged == ("w2",)
+    assert outcome.worker.id == "w1"
+    assert "merged duplicate w2 into w1" in outcome.explain()
+    w1, w2 = repo.get_worker("w1"), repo.get_worker("w2")
+    assert w1 is not None
+    assert w2 is not None
+    assert (w1.ip, w1.hostname, w1.status) == (NEW_IP, "ug-gns0s34", wm.WorkerStatus.RUNNING)
+    assert (w2.merged_into, w2.status) == ("w1", wm.WorkerStatus.IDLE)
+    assert w2.is_stale_at(at(420), wm.DEFAULT_POLICY.stale_after)
+    # The session goes on on its one worker, and finished completes its assignment.
+    assert apply(repo, 425, wm.Event.gui_update(NEW_IP, "overall_progress")).worker.id == "w1"
+    done = apply(repo, 430, wm.Event.gui_update(NEW_IP, "finished"))
+    assert (done.worker.id, done.ended) == ("w1", ("A1",))
+
+
+def test_a_worker_id_hint_naming_the_duplicate_follows_the_forward_pointer() -> None:
+    repo = new_repo()
+    running_session(repo)
+    flip(repo)
+    outcome = apply(repo, 425, wm.Event.gui_update(NEW_IP, "x", worker_id="w2"))
+    assert (outcome.worker.id, outcome.rule) == ("w1", wm.Rule.WORKER_ID)
+
+
+def test_without_reconciliation_the_assignment_is_stranded() -> None:
+    policy = wm.DEFAULT_POLICY.evolve(merge_gap=None)
+    repo = new_repo()
+    running_session(repo)
+    outcome = flip(repo, policy)
+    assert outcome.merged == ()
+    done = apply(repo, 430, wm.Event.gui_update(NEW_IP, "finished"), policy)
+    assert (done.worker.id, done.ended) == ("w2", ())
+    assignment = repo.get_assignment("A1")
+    assert assignment is not None
+    assert assignment.status is wm.AssignmentStatus.RUNNING
+
+
+def test_the_shipped_note_and_legacy_policies_never_merge() -> None:
+    assert wm.NOTE_POLICY.merge_gap is None
+    assert wm.LEGACY_POLICY.merge_gap is None
+
+
+def test_never_merges_while_the_older_worker_is_still_fed() -> None:
+    # Lifetimes overlap: the old address still sends after the new worker appeared (two runs
+    # on one machine, or a clone), so the two are not one session.
+    repo = new_repo()
+    running_session(repo)
+    apply(repo, 401, wm.Event.gui_update(NEW_IP, "overall_progress"))
+    apply(repo, 403, wm.Event.gui_update(OLD_IP, "overall_progress"))
+    outcome = apply(repo, 420, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert outcome.merged == ()
+    assert repo.get_worker("w2") is not None
+
+
+def test_never_merges_when_the_older_worker_fell_silent_long_before() -> None:
+    repo = new_repo()
+    running_session(repo)
+    apply(repo, 460, wm.Event.gui_update(NEW_IP, "overall_progress"))  # 61 s of silence
+    outcome = apply(repo, 470, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert outcome.merged == ()
+
+
+def test_never_merges_two_sessions() -> None:
+    # The newer worker claimed its own assignment: it is another session, not a duplicate.
+    repo = new_repo()
+    running_session(repo)
+    apply(repo, 401, wm.Event.claim(NEW_IP, "A2"))
+    outcome = apply(repo, 420, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert outcome.merged == ()
+    a1, a2 = repo.get_assignment("A1"), repo.get_assignment("A2")
+    assert a1 is not None
+    assert a2 is not None
+    assert (a1.worker_id, a2.worker_id) == ("w1", "w2")
+
+
+def test_never_merges_when_two_machines_could_be_the_one() -> None:
+    # Two machines cloned from one image (same hostname) both went silent just before the
+    # duplicate appeared: a duplicate can be repaired later, a bad merge cannot.
+    clone = "203.0.113.9"
+    repo = new_repo()
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    apply(repo, 5, wm.Event.claim(clone, "A2"))
+    apply(repo, 10, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    apply(repo, 12, wm.Event.heartbeat(clone, hostname=HOST))
+    for t in range(13, 400, 3):
+        apply(repo, t, wm.Event.gui_update(OLD_IP, "overall_progress"))
+        apply(repo, t + 1, wm.Event.gui_update(clone, "overall_progress"))
+    outcome = flip(repo)
+    assert outcome.merged == ()
+    assert {w.id for w in repo.all_workers() if w.merged_into is None} == {"w1", "w2", "w3"}
+
+
+def test_never_merges_into_an_ended_session() -> None:
+    repo = new_repo()
+    running_session(repo)
+    apply(repo, 400, wm.Event.gui_update(OLD_IP, "finished"))
+    apply(repo, 401, wm.Event.gui_update(NEW_IP, "log"))
+    outcome = apply(repo, 410, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert outcome.merged == ()
