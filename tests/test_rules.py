@@ -309,6 +309,48 @@ class TestRecentOrphan:
         seed(repo, "idle", "10.0.0.1", created=-20, seen=-20)
         assert decide(repo, "10.0.0.2").rule is wm.Rule.CREATED
 
+    @pytest.mark.parametrize("rival_age_days", [0.001, 0.5, 3, 40])
+    def test_the_orphan_guard_finds_a_fed_machine_of_any_age(self, rival_age_days: float) -> None:
+        # A request without hostname from a new address may be a running machine whose VPN
+        # just moved it: while one is fed, the default policy does not hand it the orphan.
+        repo = new_repo()
+        seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
+        created = -86_400 * rival_age_days
+        seed(repo, "busy", "10.0.0.5", hostname="box", created=created, seen=-5, running="A2")
+        d = decide(repo, "10.0.0.9")
+        assert d.rule is wm.Rule.CREATED
+        verdict, reason = verdicts(d, wm.Rule.RECENT_ORPHAN)["claim"]
+        assert verdict is wm.Verdict.REJECTED
+        assert reason.startswith("the request carries no hostname and busy was fed within")
+        assert "(orphan guard;" in reason
+
+    @pytest.mark.parametrize(
+        "rival",
+        [
+            {"hostname": "box", "seen": -31, "running": "A2"},  # quiet
+            {"seen": -5, "running": "A2"},  # no hostname: another orphan, not a rival
+            {"hostname": "box", "seen": -5},  # runs nothing
+            {"hostname": "box", "seen": -5, "session": "A2", "ended": -6},  # session ended
+        ],
+        ids=["quiet", "no-hostname", "idle", "ended"],
+    )
+    def test_without_a_fed_machine_the_guard_lets_the_orphan_be_taken(
+        self, rival: dict[str, Any]
+    ) -> None:
+        repo = new_repo()
+        seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
+        seed(repo, "other", "10.0.0.5", created=-86_400, **rival)
+        d = decide(repo, "10.0.0.9")
+        assert (d.rule, d.worker_id) == (wm.Rule.RECENT_ORPHAN, "claim")
+
+    def test_the_guard_spares_requests_with_a_hostname_and_claims(self) -> None:
+        repo = new_repo()
+        seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
+        seed(repo, "busy", "10.0.0.5", hostname="box", created=-3600, seen=-5, running="A2")
+        assert decide(repo, "10.0.0.9", hostname="gui").worker_id == "claim"
+        unguarded = wm.DEFAULT_POLICY.evolve(orphan_guard=False)
+        assert decide(repo, "10.0.0.9", policy=unguarded).worker_id == "claim"
+
     def test_taking_an_orphan_moves_it_to_the_requests_ip_and_hostname(self) -> None:
         repo = new_repo()
         seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")

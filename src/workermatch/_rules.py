@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -251,9 +251,7 @@ def _rule_recent_orphan(ctx: _Context) -> _Found | str:
     if found and policy.orphan_guard and ctx.identity.hostname is None and ctx.claiming is None:
         rivals = _rivals(ctx, {w.id for w in found})
         if rivals:
-            names = ", ".join(rivals[:3]) + (
-                f" and {len(rivals) - 3} more" if len(rivals) > 3 else ""
-            )
+            names = ", ".join(rivals[:3]) + (" and others" if len(rivals) > 3 else "")
             why = (
                 f"the request carries no hostname and {names} "
                 f"{'was' if len(rivals) == 1 else 'were'} fed within the quiet period of "
@@ -268,15 +266,31 @@ def _rule_recent_orphan(ctx: _Context) -> _Found | str:
     return found, rejected, detail
 
 
+# How far back, by creation time, _rivals looks in turn.  The guard needs one rival, not all of
+# them: a busy fleet has one among its recent claims, so the search usually stops at the first
+# window instead of reading every running worker of the fleet (which made a request without
+# hostname cost time proportional to the fleet: 0.1 s at 2 * 10^5 workers).
+_RIVAL_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=30))
+
+
 def _rivals(ctx: _Context, orphans: set[str]) -> list[str]:
     """Live workers with a hostname and a RUNNING assignment, fed within the quiet period: the
-    machines that could have sent a request without hostname from a new address."""
-    since = ctx.now - ctx.policy.quiet_period
-    return sorted(
-        w.id
-        for w in ctx.repo.recent_running_workers(_EPOCH, max(ctx.live_since, since))
-        if w.id not in orphans and w.hostname is not None and w.ended_at is None
-    )
+    machines that could have sent a request without hostname from a new address.
+
+    Returns those of the newest creation-time window that has any (sorted by id), or ``[]``
+    when the whole fleet has none: whether the list is empty never depends on the windows.
+    """
+    seen_since = max(ctx.live_since, ctx.now - ctx.policy.quiet_period)
+    windows = {ctx.now - ctx.policy.orphan_window, *(ctx.now - w for w in _RIVAL_WINDOWS)}
+    for created_since in [*sorted(windows, reverse=True), _EPOCH]:
+        found = sorted(
+            w.id
+            for w in ctx.repo.recent_running_workers(created_since, seen_since)
+            if w.id not in orphans and w.hostname is not None and w.ended_at is None
+        )
+        if found:
+            return found
+    return []
 
 
 def _rule_hostname(ctx: _Context) -> _Found | str:
