@@ -11,7 +11,7 @@ from workermatch.testing import RepositoryContract
 
 
 class TestSqlite3Repository(RepositoryContract[Sqlite3WorkerRepository]):
-    max_examples = 50  # a fresh SQLite database per example: keep CI quick
+    max_examples = 30  # a fresh SQLite database per example: keep CI quick
 
     def make_repository(self, *, id_factory: Callable[[], str] | None) -> Sqlite3WorkerRepository:
         return Sqlite3WorkerRepository(":memory:", id_factory=id_factory)

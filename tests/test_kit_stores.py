@@ -58,7 +58,7 @@ def seed_sql(repository: Any, workers: Sequence[Worker], assignments: Sequence[A
             conn.execute(sa.insert(t.assignments).values(values))
 
 
-EXAMPLES_PER_STORE = {"memory": 100, "sqlite": 40, "postgresql": 20, "mysql": 20, "prisma": 20}
+EXAMPLES_PER_STORE = {"memory": 30, "sqlite": 25, "postgresql": 20, "mysql": 20, "prisma": 20}
 
 
 class TestShippedRepositories(RepositoryContract[WorkerRepository]):
@@ -72,7 +72,7 @@ class TestShippedRepositories(RepositoryContract[WorkerRepository]):
         self._factory = store_factory
         # A fresh SQL store per example costs milliseconds (a file, or emptying tables on a
         # server): the SQL stores run fewer examples.  The guarantees' properties run the
-        # reference at the profile's count; here 100 examples per method suffice.
+        # reference at the profile's count; here a few dozen examples per method suffice.
         store = request.node.callspec.params["store_factory"]
         self.max_examples = EXAMPLES_PER_STORE.get(store)
 
