@@ -21,6 +21,7 @@ from ._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateW
 __all__ = ["InMemoryWorkerRepository", "sequential_ids"]
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 def sequential_ids(prefix: str = "w", start: int = 1) -> Callable[[], str]:
@@ -63,6 +64,11 @@ class InMemoryWorkerRepository:
         # so that none is added twice.
         self._running_by_created: list[tuple[datetime, str]] = []
         self._running_entries: set[tuple[datetime, str]] = set()
+        # Ids of RUNNING workers by last_seen, in buckets of _SEEN_BUCKET seconds: serves
+        # recent_running_workers when its seen_since bound is the selective one (few workers
+        # heard from lately, many created since created_since: the orphan guard's question).
+        self._running_by_seen: dict[int, set[str]] = {}
+        self._last_seen_bucket = -1  # the latest bucket ever filled
         # Undo journal of the innermost atomically() call, or None outside one.
         self._journal: list[Callable[[], None]] | None = None
 
@@ -104,19 +110,41 @@ class InMemoryWorkerRepository:
         with self._lock:
             index = self._running_by_created
             start = bisect.bisect_left(index, (created_since, ""))
-            out = []
-            for created, wid in index[start:]:
-                w = self._workers.get(wid)
-                if (
-                    w is not None
-                    and w.status is WorkerStatus.RUNNING
-                    and w.created_at == created
-                    and not w.stale
-                    and w.merged_into is None
-                    and w.last_seen >= seen_since
-                ):
-                    out.append(w)
-            return out
+            # Read whichever index holds fewer entries for this question.
+            seen = self._running_seen_since(seen_since, limit=len(index) - start)
+            if seen is not None:
+                rows = [self._workers[wid] for wid in seen]
+            else:
+                rows = []
+                for created, wid in index[start:]:
+                    w = self._workers.get(wid)
+                    # Entries outlive their worker's run or creation time: skip those.
+                    if w is not None and w.created_at == created:
+                        rows.append(w)
+            return [
+                w
+                for w in rows
+                if w.status is WorkerStatus.RUNNING
+                and w.created_at >= created_since
+                and not w.stale
+                and w.merged_into is None
+                and w.last_seen >= seen_since
+            ]
+
+    def _running_seen_since(self, seen_since: datetime, *, limit: int) -> list[str] | None:
+        """Ids of RUNNING workers in the buckets from ``seen_since`` on (a superset of those seen
+        since then), or ``None`` when that would mean more than ``limit`` buckets or ids."""
+        low, high = _seen_bucket(seen_since), self._last_seen_bucket
+        if high - low >= limit:
+            return None
+        ids: list[str] = []
+        for key in range(low, high + 1):
+            bucket = self._running_by_seen.get(key)
+            if bucket:
+                ids.extend(bucket)
+                if len(ids) > limit:
+                    return None
+        return ids
 
     def stale_running_workers(
         self, ip: str, hostname: str | None, seen_before: datetime
@@ -248,6 +276,8 @@ class InMemoryWorkerRepository:
             _discard(self._by_ip, old.ip, wid)
             if old.hostname is not None:
                 _discard(self._by_hostname, old.hostname, wid)
+            if old.status is WorkerStatus.RUNNING:
+                _discard(self._running_by_seen, _seen_bucket(old.last_seen), wid)
         if new is None:
             del self._workers[wid]
             return
@@ -255,10 +285,14 @@ class InMemoryWorkerRepository:
         self._by_ip.setdefault(new.ip, set()).add(wid)
         if new.hostname is not None:
             self._by_hostname.setdefault(new.hostname, set()).add(wid)
-        entry = (new.created_at, wid)
-        if new.status is WorkerStatus.RUNNING and entry not in self._running_entries:
-            bisect.insort(self._running_by_created, entry)
-            self._running_entries.add(entry)
+        if new.status is WorkerStatus.RUNNING:
+            key = _seen_bucket(new.last_seen)
+            self._running_by_seen.setdefault(key, set()).add(wid)
+            self._last_seen_bucket = max(self._last_seen_bucket, key)
+            entry = (new.created_at, wid)
+            if entry not in self._running_entries:
+                bisect.insort(self._running_by_created, entry)
+                self._running_entries.add(entry)
 
     def _put_assignment(self, new: Assignment) -> None:
         old = self._assignments.get(new.id)
@@ -278,7 +312,15 @@ class InMemoryWorkerRepository:
             self._by_holder.setdefault(new.worker_id, set()).add(aid)
 
 
-def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+_SEEN_BUCKET = 10
+"""Seconds of last_seen per bucket of the running-by-last-seen index."""
+
+
+def _seen_bucket(when: datetime) -> int:
+    return int(when.timestamp()) // _SEEN_BUCKET
+
+
+def _discard(index: dict[K, set[str]], key: K, value: str) -> None:
     bucket = index.get(key)
     if bucket is not None:
         bucket.discard(value)
