@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,7 +35,9 @@ def state(repo: wm.WorkerRepository) -> tuple[list[wm.Worker], list[wm.Assignmen
 
 
 def a_worker(wid: str, ip: str = "10.0.0.1", **fields: object) -> wm.Worker:
-    return wm.Worker(id=wid, ip=ip, created_at=NOW, last_seen=NOW, **fields)
+    fields.setdefault("created_at", NOW)
+    fields.setdefault("last_seen", NOW)
+    return wm.Worker(id=wid, ip=ip, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +396,55 @@ def test_the_running_index_answers_from_the_current_rows() -> None:
     ]:
         repo.write([wm.UpdateWorker(worker=row)])
         assert found() == expected
+
+
+def test_recent_running_workers_agrees_with_a_scan_of_every_row() -> None:
+    # The query reads one of two indexes (by creation time, or by last_seen in buckets),
+    # whichever holds fewer entries: check both paths against the definition, through updates,
+    # status changes, creation-time changes and undone units.
+    rng = random.Random(2)
+    repo = new_repo()
+    statuses = [S.RUNNING, S.RUNNING, S.IDLE, S.ERROR]
+
+    def row(wid: str) -> wm.Worker:
+        return a_worker(
+            wid,
+            created_at=at(-rng.choice([5, 60, 400, 3600, 86_400 * 3])),
+            last_seen=at(-rng.choice([0, 3, 25, 45, 200, 400, 5000]) + rng.choice([0, 2])),
+            status=rng.choice(statuses),
+            stale=rng.random() < 0.1,
+            merged_into="w0" if rng.random() < 0.05 else None,
+        )
+
+    def check() -> None:
+        for created in (-10, -120, -600, -7200, -(10**7)):
+            for seen in (-1, -30, -60, -300, -(10**7)):
+                expected = sorted(
+                    w.id
+                    for w in repo.all_workers()
+                    if w.status is S.RUNNING
+                    and w.created_at >= at(created)
+                    and w.last_seen >= at(seen)
+                    and not w.stale
+                    and w.merged_into is None
+                )
+                got = sorted(w.id for w in repo.recent_running_workers(at(created), at(seen)))
+                assert got == expected, (created, seen)
+
+    repo.write([wm.InsertWorker(worker=row(f"w{i}")) for i in range(300)])
+    check()
+    for _ in range(5):
+        repo.write([wm.UpdateWorker(worker=row(f"w{rng.randrange(300)}")) for _ in range(100)])
+        check()
+
+    def undone() -> None:
+        repo.write([wm.UpdateWorker(worker=row(f"w{i}")) for i in range(0, 300, 3)])
+        repo.write([wm.InsertWorker(worker=row(f"x{i}")) for i in range(20)])
+        raise RuntimeError("undo")
+
+    with unchanged(repo), pytest.raises(RuntimeError):
+        repo.atomically(undone)
+    check()
 
 
 # ---------------------------------------------------------------------------------------------
