@@ -20,6 +20,9 @@ What is measured, per fleet size:
   store has never seen: every rule runs and finds nothing, the decision is "create".
 * ``cold apply``: :func:`workermatch.apply_event` for such a request: the decision, the search
   for stale workers to transfer from, and the insert of the new worker.
+* ``guard match``: :func:`workermatch.match_worker` for a request without hostname from an
+  unknown IP while an orphan is in sight: the orphan guard looks for a running machine fed
+  within the quiet period (one exists), passes the orphan over, and the decision is "create".
 * ``end  apply``: :func:`workermatch.apply_event` for a ``finished`` that ends the session of a
   worker created about 12 hours earlier (matched by exact IP): the assignment is completed and
   the worker leaves the index of RUNNING workers.  Each call consumes a worker, so this one is
@@ -29,7 +32,8 @@ The fleet: ``n`` workers, each with its own IP and hostname, created one to 25 h
 ``now``; three quarters seen within ``stale_after`` (live), one quarter silent past it; half of
 them RUNNING an assignment.  Ten workers created within the orphan window hold a RUNNING
 assignment at every size, so rule 3 has the same candidates whatever the size of the fleet
-(the number of recent claims depends on the arrival rate, not on the size of the fleet).
+(the number of recent claims depends on the arrival rate, not on the size of the fleet); nine
+were heard from a second ago, one has been quiet for 40 s (an orphan).
 The fleet is built through ``repo.write`` with batches of ``InsertWorker``/``InsertAssignment``.
 """
 
@@ -70,9 +74,10 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
             running = i % 2 == 0
             hostname: str | None = f"host-{i}"
         else:
-            # The recent claims: created within the orphan window, heard from a second ago.
+            # The recent claims: created within the orphan window, heard from a second ago,
+            # except the last one, quiet for 40 s: an orphan in sight of every request.
             created = NOW - timedelta(seconds=20 + (n - i))
-            seen = NOW - timedelta(seconds=1)
+            seen = NOW - timedelta(seconds=40 if i == n - 1 else 1)
             running = True
             hostname = f"host-{i}"
         wid = f"w{i}"
@@ -142,6 +147,12 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
     decision = wm.match_worker(cold_identity, NOW, repo)
     assert decision.rule is wm.Rule.CREATED, decision.explain()
 
+    # No hostname: the quiet orphan is eligible, and the orphan guard looks for a rival.
+    guarded_identity = wm.Identity(ip="192.0.2.2")
+    decision = wm.match_worker(guarded_identity, NOW, repo)
+    assert decision.rule is wm.Rule.CREATED, decision.explain()
+    assert "orphan guard" in decision.explain(), decision.explain()
+
     # Each cold apply creates a worker, so each needs an address and hostname never seen.
     counter = iter(range(10**9))
 
@@ -158,6 +169,7 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
         "hot  apply": lambda: wm.apply_event(hot, NOW, repo),
         "cold match": lambda: wm.match_worker(cold_identity, NOW, repo),
         "cold apply": cold_apply,
+        "guard match": lambda: wm.match_worker(guarded_identity, NOW, repo),
     }
 
 
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = measure(sizes, args.repeat, args.budget)
 
-    keys = ["hot  match", "hot  apply", "cold match", "cold apply", "end  apply"]
+    keys = ["hot  match", "hot  apply", "cold match", "cold apply", "guard match", "end  apply"]
     print()
     print("| fleet | " + " | ".join(k.replace("  ", " ") + " (µs)" for k in keys) + " |")
     print("| ---: | " + " | ".join("---:" for _ in keys) + " |")
