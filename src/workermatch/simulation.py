@@ -392,6 +392,12 @@ def _session(
                 start = rng.randrange(lo, hi)
                 silences.append((start, start + length))
     silences.sort()
+    # Silences never run into each other: two blips back to back would make an outage.
+    kept: list[tuple[int, int]] = []
+    for start, end in silences:
+        if not kept or start >= kept[-1][1] + 60_000:
+            kept.append((start, end))
+    silences = kept
     flips: list[tuple[int, bool]] = []
     if machine.network == "vpn" and p.vpn_pool > 1:
         for _ in range(_poisson(rng, p.midrun_flips_per_hour * run_hours)):
@@ -516,8 +522,9 @@ class Score:
     * ``lost``: assignments not COMPLETED or FAILED at the end, or ended by a request of
       another session (another machine's ``finished`` completed them).
     * ``ambiguous``: decisions flagged ambiguous.
-    * ``wrong``: requests placed on a worker whose previous request came from another
-      session (each wrong guess counts once, not every request that follows it);
+    * ``wrong``: requests placed on another session's worker (one made by another session's
+      request) whose previous request came from another session: each wrong guess counts once,
+      not every request that follows it, nor the owner's return to its own worker;
       ``unflagged``: those among them not flagged ambiguous; ``silent``: the unflagged ones
       that no earlier wrong guess explains (neither session had been mixed up before).  An
       unflagged knock-on error follows a flagged guess: once one machine's GUI took another
@@ -557,6 +564,7 @@ def score(
     repo = InMemoryWorkerRepository(id_factory=sequential_ids())
     claim_worker: dict[str, str] = {}
     last_session: dict[str, str] = {}
+    owners: dict[str, str] = {}
     workers_of: dict[str, set[str]] = {}
     ended_by: dict[str, str] = {}
     assignment_of: dict[str, str] = {}
@@ -582,7 +590,8 @@ def score(
         if outcome.ambiguous:
             ambiguous += 1
         previous = last_session.get(worker, session)
-        if not outcome.created and previous != session:
+        owner = owners.setdefault(worker, session)
+        if not outcome.created and previous != session and owner != session:
             wrong += 1
             if outcome.ambiguous:
                 tainted.update((session, previous))
