@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
 import workermatch as wm
@@ -46,6 +46,7 @@ def test_value_strategies_build_valid_values(
     assert isinstance(policy, wm.Policy)
 
 
+@settings(max_examples=100)
 @given(stream=fleet_streams(max_machines=3, max_sessions=3))
 def test_fleet_streams_follow_the_real_client(stream: FleetStream) -> None:
     times = [e.now for e in stream.events]
@@ -67,6 +68,7 @@ def test_fleet_streams_follow_the_real_client(stream: FleetStream) -> None:
             assert mine[-1].event.message in ("finished", "fatal_error")
 
 
+@settings(max_examples=100)
 @given(stream=fleet_streams(long_silences=False, ip_changes=False, shared_nat=False, hints=False))
 def test_fleet_streams_honour_their_switches(stream: FleetStream) -> None:
     for truth in stream.sessions:
