@@ -141,9 +141,9 @@ class InMemoryWorkerRepository:
         for key in range(low, high + 1):
             bucket = self._running_by_seen.get(key)
             if bucket:
-                ids.extend(bucket)
-                if len(ids) > limit:
+                if len(ids) + len(bucket) > limit:
                     return None
+                ids.extend(bucket)
         return ids
 
     def stale_running_workers(
