@@ -12,8 +12,8 @@ every size alike.
 What is measured, per fleet size:
 
 * ``hot  match``: :func:`workermatch.match_worker` for a heartbeat that matches a live worker by
-  exact IP (rule 3 is never reached).  This is what almost every request of a running fleet
-  costs.
+  exact IP (the recent-orphan rule is never reached).  This is what almost every request of a
+  running fleet costs.
 * ``hot  apply``: :func:`workermatch.apply_event` for the same heartbeat: the decision plus the
   write that moves ``last_seen``, inside the repository's atomic unit.
 * ``cold match``: :func:`workermatch.match_worker` for a request from an IP and hostname the
@@ -25,15 +25,15 @@ What is measured, per fleet size:
   within the quiet period (one exists), passes the orphan over, and the decision is "create".
 * ``end  apply``: :func:`workermatch.apply_event` for a ``finished`` that ends the session of a
   worker created about 12 hours earlier (matched by exact IP): the assignment is completed and
-  the worker leaves the index of RUNNING workers.  Each call consumes a worker, so this one is
+  the worker stops running.  Each call consumes a worker, so this one is
   timed over rounds of 3 calls on different workers instead of a calibrated loop.
 
 The fleet: ``n`` workers, each with its own IP and hostname, created one to 25 hours before
 ``now``; three quarters seen within ``stale_after`` (live), one quarter silent past it; half of
 them RUNNING an assignment.  Ten workers created within the orphan window hold a RUNNING
-assignment at every size, so rule 3 has the same candidates whatever the size of the fleet
-(the number of recent claims depends on the arrival rate, not on the size of the fleet); nine
-were heard from a second ago, one has been quiet for 40 s (an orphan).
+assignment at every size, so the recent-orphan rule has the same candidates whatever the size
+of the fleet (the number of recent claims depends on the arrival rate, not on the size of the
+fleet); nine were heard from a second ago, one has been quiet for 40 s (an orphan).
 The fleet is built through ``repo.write`` with batches of ``InsertWorker``/``InsertAssignment``.
 """
 

@@ -115,7 +115,7 @@ def assignment(repo: wm.InMemoryWorkerRepository, aid: str) -> wm.Assignment:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule 1: the worker_id hint
+# Rule 1a: the worker_id hint
 
 
 class TestWorkerIdHint:
@@ -174,7 +174,7 @@ class TestWorkerIdHint:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule 2: the assignment hint
+# Rule 1b: the assignment hint
 
 
 class TestAssignmentHint:
@@ -220,7 +220,7 @@ class TestAssignmentHint:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule 3 (exact IP), 4 (recent orphan), 5 (hostname)
+# Rule 2 (exact IP), 3 (recent orphan), 4 (hostname)
 
 
 class TestExactIp:
