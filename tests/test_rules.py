@@ -805,7 +805,7 @@ class TestSessionEnd:
 
     @pytest.mark.parametrize(
         ("after", "same_worker"),
-        [(3.0, True), (30.0, True), (30.001, False)],
+        [(3.0, True), (10.0, True), (10.001, False)],  # the default ended_grace is 10 s
         ids=["trailing-3s", "grace-edge", "past-grace"],
     )
     def test_an_ended_worker_answers_trailing_messages_for_the_grace(
@@ -819,7 +819,7 @@ class TestSessionEnd:
         if not same_worker:
             reason = verdicts(out.decision, wm.Rule.EXACT_IP)["w1"][1]
             assert reason == (
-                "its session ended 30.001 s ago, past the grace of 30 s for trailing messages"
+                "its session ended 10.001 s ago, past the grace of 10 s for trailing messages"
             )
 
     def test_the_next_sessions_heartbeat_does_not_land_on_the_previous_worker(self) -> None:

@@ -250,7 +250,10 @@ class Policy:
     """Rule 4 considers workers with the request's hostname seen within this window."""
 
     ended_grace: timedelta | None = attrs.field(
-        default=timedelta(seconds=30), validator=_optional_delta
+        # 10 s: the real client stops 3 s after "finished"; 30 s let the next batch session's
+        # first requests see the ended worker too (flagged ambiguous; docs/accuracy.md).
+        default=timedelta(seconds=10),
+        validator=_optional_delta,
     )
     """After its session ended, a worker answers its machine's trailing messages this long, then
     no rule matches it.  ``None``: forever (until stale)."""
