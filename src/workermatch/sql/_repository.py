@@ -13,7 +13,8 @@ safe):
 
 The reads of one unit are cached for the rest of the unit: the worker queries fetch the
 ``RUNNING`` assignments of the workers they return in the same statement, so a heartbeat that
-matches by exact IP costs one ``SELECT`` and one ``UPDATE``.
+matches by exact IP costs one ``SELECT`` and one ``UPDATE``.  Statements are built and compiled
+once, then run on the driver's cursor (:meth:`SQLWorkerRepository._raw`).
 """
 
 from __future__ import annotations
