@@ -704,6 +704,19 @@ class TestClaimSessions:
         )
         assert (repo.all_workers(), repo.all_assignments()) == before
 
+    def test_a_claim_from_another_address_never_adopts_the_holder_as_an_orphan(self) -> None:
+        # The holder is a fresh claim worker without hostname: an orphan for a GUI's request,
+        # but a second claim of its assignment from an unrelated address must be refused, not
+        # taken for a repeat of the holder's claim (which would move the holder's address).
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        first = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo)
+        before = (repo.all_workers(), repo.all_assignments())
+        with pytest.raises(wm.ClaimRefused) as info:
+            wm.apply_event(wm.Event.claim("198.51.100.7", "A1"), at(40), repo)
+        assert (info.value.reason, info.value.holder) == ("running_elsewhere", first.worker.id)
+        assert (repo.all_workers(), repo.all_assignments()) == before
+
     @pytest.mark.parametrize("status", [A.COMPLETED, A.FAILED, A.CANCELLED])
     def test_a_claim_of_a_finished_assignment_is_refused(self, status: wm.AssignmentStatus) -> None:
         repo = new_repo()

@@ -225,6 +225,12 @@ def _rule_exact_ip(ctx: _Context) -> _Found | str:
 
 def _rule_recent_orphan(ctx: _Context) -> _Found | str:
     policy, now = ctx.policy, ctx.now
+    if ctx.claiming is not None and policy.sessions:
+        # An orphan is a claim's worker waiting for its GUI.  A claim starts a session of its
+        # own: adopting an orphan would either join another session (which the session rule
+        # forbids) or, for the orphan's own assignment, let a claim from an unrelated address
+        # pass as a repeat of the holder's claim instead of being refused.
+        return "a claim starts its own session; it never adopts another claim's worker"
     since = now - policy.orphan_window
     found: list[Worker] = []
     rejected: list[Candidate] = []
