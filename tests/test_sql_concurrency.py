@@ -9,10 +9,9 @@ exactly one worker per machine, every assignment claimed exactly once and RUNNIN
 one worker, and every request of a machine resolved to that machine's worker.
 
 The policy leaves out the recent-orphan rule, so that each request's right answer is its own
-machine's worker (or a refusal) in every serial order: with it, a rival's claim of the same
-assignment would legitimately join the claimer's fresh worker, and a machine whose claim lost
-would join another machine's claim worker (the "simultaneous starts on one VPN" case, which is
-about matching, not about races).
+machine's worker (or a refusal) in every serial order: with it, the updates of a machine whose
+claim lost would legitimately join another machine's fresh claim worker (the "simultaneous
+starts on one VPN" case, which is about matching, not about races).
 """
 
 from __future__ import annotations
