@@ -560,7 +560,7 @@ def test_counterexample_one_session_one_worker_hijacked_by_a_fresh_claim() -> No
 
 @pytest.mark.xfail(
     strict=True,
-    reason="ended_grace lets a worker answer its machine for 30 s after 'finished': the next "
+    reason="ended_grace lets a worker answer its machine for 10 s after 'finished': the next "
     "batch session's first heartbeat, from the previous session's GUI address (a VPN gives the "
     "claim another one), lands on the previous session's worker",
 )

@@ -189,7 +189,7 @@ class TestAssignmentHint:
         ("setup", "says"),
         [
             ("missing", "does not exist"),
-            ("pending", "PENDING and held by no worker"),
+            ("pending", "PENDING, not RUNNING"),
             ("completed", "COMPLETED"),
         ],
     )

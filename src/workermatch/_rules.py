@@ -208,8 +208,10 @@ def _rule_assignment(ctx: _Context) -> _Found | str:
     assignment = ctx.repo.get_assignment(hint)
     if assignment is None:
         return [], [], detail + ", which does not exist"
-    if assignment.status is not AssignmentStatus.RUNNING or assignment.worker_id is None:
-        return [], [], detail + f", which is {assignment.status.value} and held by no worker"
+    if assignment.status is not AssignmentStatus.RUNNING:
+        return [], [], detail + f", which is {assignment.status.value}, not RUNNING"
+    if assignment.worker_id is None:
+        return [], [], detail + ", which is RUNNING but held by no worker"
     worker = ctx.repo.get_worker(assignment.worker_id)
     if worker is None:
         return [], [], detail + f", whose holder {assignment.worker_id} does not exist"
