@@ -89,6 +89,10 @@ class Session:
     machine: str
     events: tuple[StreamEvent, ...]
     ended: bool
+    guarded: frozenset[int] = frozenset()
+    """``id()`` of this session's hostname-less requests for which the orphan guard may refuse
+    rule 3, because another session's worker with a hostname was fed within ``quiet_period``
+    (that machine may have changed address)."""
 
     @property
     def claim(self) -> datetime:
@@ -123,12 +127,38 @@ class Session:
         return False
 
 
-def sessions_of(stream: FleetStream) -> dict[str, Session]:
+def sessions_of(stream: FleetStream, policy: wm.Policy = POLICY) -> dict[str, Session]:
     out: dict[str, Session] = {}
     for truth in stream.sessions:
         events = tuple(stream.of_session(truth.session))
         out[truth.session] = Session(truth.session, truth.machine, events, truth.ended)
-    return out
+    return {
+        name: attrs.evolve(s, guarded=_guarded(s, list(out.values()), policy))
+        for name, s in out.items()
+    }
+
+
+def _guarded(s: Session, sessions: Sequence[Session], policy: wm.Policy) -> frozenset[int]:
+    """The requests of ``s`` that the orphan guard may keep from rule 3 (conservatively: any
+    other running session that already sent its hostname and was heard within the quiet
+    period counts as a rival)."""
+    if not policy.orphan_guard:
+        return frozenset()
+    out = set()
+    for e in s.events:
+        if e.event.identity.hostname is not None:
+            continue
+        for y in sessions:
+            if y is s:
+                continue
+            sent = [x for x in y.events if x.now <= e.now]
+            if not sent or (y.ended and sent[-1] is y.events[-1]):
+                continue
+            known = any(x.event.identity.hostname is not None for x in sent)
+            if known and e.now - sent[-1].now <= policy.quiet_period:
+                out.add(id(e))
+                break
+    return frozenset(out)
 
 
 def pairs(events: Sequence[StreamEvent]) -> list[tuple[StreamEvent, StreamEvent]]:
@@ -146,7 +176,9 @@ def new_ips_reach_their_worker(s: Session, policy: wm.Policy = POLICY) -> bool:
     """Each new IP first shows up on a request that rule 3 or rule 4 leads to the session's
     worker: within ``orphan_window`` of the claim while the worker has no hostname yet or has
     been quiet for ``quiet_period`` (rule 3), or carrying the hostname the worker already
-    has, within ``hostname_window`` of the session's previous request (rule 4).  A hinted
+    has, within ``hostname_window`` of the session's previous request (rule 4).  A request
+    without hostname that the orphan guard may stop (``Session.guarded``) does not count for
+    rule 3: the guard prefers a duplicate, which the next heartbeat merges back.  A hinted
     session (the client sends its assignment id) needs nothing: the hint finds its worker."""
     if all(e.event.identity.assignment_id is not None for e in s.events[1:]):
         return True
@@ -155,8 +187,10 @@ def new_ips_reach_their_worker(s: Session, policy: wm.Policy = POLICY) -> bool:
         prev = s.events[index[id(e)] - 1]
         known = s.hostname_known_before(e)
         gap = e.now - prev.now
-        orphan = e.now - s.claim <= policy.orphan_window and (
-            not known or gap > policy.quiet_period
+        orphan = (
+            e.now - s.claim <= policy.orphan_window
+            and (not known or gap > policy.quiet_period)
+            and id(e) not in s.guarded
         )
         by_host = e.event.identity.hostname is not None and known and gap <= policy.hostname_window
         if not (orphan or by_host):
