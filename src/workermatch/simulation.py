@@ -672,6 +672,24 @@ class Scenario:
 
 
 _VPN = FleetParams(machines=1, vpn_share=1.0, vpn_pool=64, flip_rate=1.0)
+_TWO_RUNS = FleetParams(machines=4, concurrent_share=1.0, start_spread_min=30.0)
+# A realistic fleet; the mixed-hints scenario is the same fleet with every client sending hints.
+_MIXED = FleetParams(
+    machines=20,
+    duration_min=120.0,
+    start_spread_min=30.0,
+    batch=True,
+    vpn_share=0.5,
+    vpn_pool=6,
+    flip_rate=0.5,
+    midrun_flips_per_hour=0.3,
+    nat_share=0.2,
+    slow_gui_share=0.15,
+    blips_per_hour=0.5,
+    outages_per_hour=0.1,
+    concurrent_share=0.05,
+    cloned_share=0.1,
+)
 
 SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
     {
@@ -768,20 +786,14 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
             Scenario(
                 name="two-runs",
                 summary="two runs at once on one machine (same address, same hostname)",
-                params=FleetParams(machines=4, concurrent_share=1.0, start_spread_min=30.0),
+                params=_TWO_RUNS,
                 solvable=False,
             ),
             Scenario(
                 name="two-runs-hints",
                 summary="as two-runs, with clients that send the worker_id of their claim "
                 "response with every request",
-                params=FleetParams(
-                    machines=4,
-                    concurrent_share=1.0,
-                    start_spread_min=30.0,
-                    hint_share=1.0,
-                    hint_kind="worker_id",
-                ),
+                params=attrs.evolve(_TWO_RUNS, hint_share=1.0, hint_kind="worker_id"),
                 solvable=True,
             ),
             Scenario(
@@ -805,46 +817,14 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
                 summary="a realistic fleet: 20 machines for 2 hours in batch mode; half on a "
                 "VPN of 6 addresses, a fifth of the rest behind NAT; slow GUIs, blips, "
                 "outages, mid-run flips, clones and double runs, no hints",
-                params=FleetParams(
-                    machines=20,
-                    duration_min=120.0,
-                    start_spread_min=30.0,
-                    batch=True,
-                    vpn_share=0.5,
-                    vpn_pool=6,
-                    flip_rate=0.5,
-                    midrun_flips_per_hour=0.3,
-                    nat_share=0.2,
-                    slow_gui_share=0.15,
-                    blips_per_hour=0.5,
-                    outages_per_hour=0.1,
-                    concurrent_share=0.05,
-                    cloned_share=0.1,
-                ),
+                params=_MIXED,
                 solvable=False,
             ),
             Scenario(
                 name="mixed-hints",
                 summary="the mixed fleet with clients that all send hints (half worker_id, "
                 "half assignment)",
-                params=FleetParams(
-                    machines=20,
-                    duration_min=120.0,
-                    start_spread_min=30.0,
-                    batch=True,
-                    vpn_share=0.5,
-                    vpn_pool=6,
-                    flip_rate=0.5,
-                    midrun_flips_per_hour=0.3,
-                    nat_share=0.2,
-                    slow_gui_share=0.15,
-                    blips_per_hour=0.5,
-                    outages_per_hour=0.1,
-                    concurrent_share=0.05,
-                    cloned_share=0.1,
-                    hint_share=1.0,
-                    hint_kind="mixed",
-                ),
+                params=attrs.evolve(_MIXED, hint_share=1.0, hint_kind="mixed"),
                 solvable=False,
             ),
         )
