@@ -23,6 +23,10 @@ What is measured, per fleet size:
 * ``guard match``: :func:`workermatch.match_worker` for a request without hostname from an
   unknown IP while an orphan is in sight: the orphan guard looks for a running machine fed
   within the quiet period (one exists), passes the orphan over, and the decision is "create".
+* ``nat  apply``: :func:`workermatch.apply_event` for an update without hostname from an
+  address that three live running workers share (machines behind one NAT): the decision is
+  ambiguous, and with ``Policy.shared_liveness`` the two workers not taken are refreshed too
+  (three rows written instead of one).
 * ``end  apply``: :func:`workermatch.apply_event` for a ``finished`` that ends the session of a
   worker created about 12 hours earlier (matched by exact IP): the assignment is completed and
   the worker stops running.  Each call consumes a worker, so this one is
@@ -54,6 +58,8 @@ import workermatch as wm
 NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
 RECENT = 10
 BATCH = 50_000
+NAT_IP = "198.51.100.7"
+NAT_SIZE = 3
 
 
 def _ip(i: int) -> str:
@@ -109,6 +115,30 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
         if len(writes) >= BATCH:
             repo.write(writes)
             writes = []
+    # Three machines behind one NAT address, each running, heard from within the last minute.
+    for k in range(NAT_SIZE):
+        wid, aid = f"nat{k}", f"nat-a{k}"
+        created = NOW - timedelta(hours=2, seconds=k)
+        writes.append(
+            wm.InsertWorker(
+                worker=wm.Worker(
+                    id=wid,
+                    ip=NAT_IP,
+                    hostname=f"lab-{k}",
+                    created_at=created,
+                    last_seen=NOW - timedelta(seconds=10 * (k + 1)),
+                    status=wm.WorkerStatus.RUNNING,
+                    assignment_id=aid,
+                )
+            )
+        )
+        writes.append(
+            wm.InsertAssignment(
+                assignment=wm.Assignment(
+                    id=aid, status=wm.AssignmentStatus.RUNNING, worker_id=wid, started_at=created
+                )
+            )
+        )
     repo.write(writes)
     return repo
 
@@ -153,6 +183,18 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
     assert decision.rule is wm.Rule.CREATED, decision.explain()
     assert "orphan guard" in decision.explain(), decision.explain()
 
+    nat = wm.Event.gui_update(NAT_IP, "overall_progress")
+    outcome = wm.plan(nat, NOW, repo)
+    assert outcome.ambiguous, outcome.explain()
+    assert len(outcome.kept_alive) == NAT_SIZE - 1, outcome.explain()
+
+    # Time moves on by a millisecond per call, so that every call refreshes the other two.
+    ticks = itertools.count(1)
+
+    def nat_apply() -> None:
+        outcome = wm.apply_event(nat, NOW + timedelta(milliseconds=next(ticks)), repo)
+        assert len(outcome.kept_alive) == NAT_SIZE - 1
+
     # Each cold apply creates a worker, so each needs an address and hostname never seen.
     counter = iter(range(10**9))
 
@@ -170,6 +212,7 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
         "cold match": lambda: wm.match_worker(cold_identity, NOW, repo),
         "cold apply": cold_apply,
         "guard match": lambda: wm.match_worker(guarded_identity, NOW, repo),
+        "nat  apply": nat_apply,
     }
 
 
@@ -246,7 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = measure(sizes, args.repeat, args.budget)
 
-    keys = ["hot  match", "hot  apply", "cold match", "cold apply", "guard match", "end  apply"]
+    keys = [
+        "hot  match",
+        "hot  apply",
+        "cold match",
+        "cold apply",
+        "guard match",
+        "nat  apply",
+        "end  apply",
+    ]
     print()
     print("| fleet | " + " | ".join(k.replace("  ", " ") + " (µs)" for k in keys) + " |")
     print("| ---: | " + " | ".join("---:" for _ in keys) + " |")

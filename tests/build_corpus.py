@@ -296,6 +296,66 @@ def scenarios() -> list[Scenario]:
             ],
         ),
         Scenario(
+            "midrun-flip-fresh-claim",
+            "Mid-run IP change first seen on a heartbeat, with another machine's fresh claim",
+            "m1's VPN flips just before a heartbeat, 10 s after m2 claimed A2 from another "
+            "address. Rule 3 runs before rule 4, and m2's claim worker has no hostname yet: "
+            "without the own-stream rule the heartbeat takes it (a hijack that strands both "
+            "runs). The default weighs m1's own fed worker in rule 3, where its hostname "
+            "outranks the claim, and flags the guess.",
+            [
+                Session(
+                    "m1",
+                    "m1-s1",
+                    "A1",
+                    0,
+                    A,
+                    20,
+                    A,
+                    600,
+                    HOST,
+                    flips=[(379.9, B)],
+                    update_offset=2.4,
+                ),
+                Session(
+                    "m2", "m2-s1", "A2", 370, "145.10.0.12", 400, "145.10.1.12", 660, "lab-pc-2"
+                ),
+            ],
+        ),
+        Scenario(
+            "shared-vpn-first-heartbeat",
+            "A GUI starts on a VPN address that other machines share",
+            "m1 runs on VPN address X; m2 claims from Y, m3 claims from X, and m2's GUI then "
+            "appears on X. At X the only candidate for m2's first heartbeat is m3's claim "
+            "worker, whose hostname is unknown; X is known to be shared (m1's worker there has "
+            "another hostname), so the other waiting claim (m2's, at Y) is a rival and the "
+            "decision is flagged. The guess is wrong here: m2's heartbeats join m3's claim "
+            "worker, and m3's GUI, from Z, then takes the one claim left, m2's (a knock-on of "
+            "the flagged guess). Updates from X carry no hostname and are flagged too. The "
+            "note puts everything seen at X on one worker.",
+            [
+                Session("m1", "m1-s1", "A1", 0, "145.10.1.20", 10, "145.10.1.20", 500, "lab-pc-1"),
+                Session(
+                    "m2", "m2-s1", "A2", 100, "145.10.1.21", 160, "145.10.1.20", 460, "lab-pc-2"
+                ),
+                Session(
+                    "m3", "m3-s1", "A3", 130, "145.10.1.20", 190, "145.10.1.22", 480, "lab-pc-3"
+                ),
+            ],
+        ),
+        Scenario(
+            "nat-long-runs-no-hostnames",
+            "Two long runs behind one NAT address, no hostnames",
+            "Two machines share one address and never send a hostname; each run lasts longer "
+            "than stale_after. Every update lands on the oldest worker of the address; the "
+            "default keeps the other worker alive with it (shared liveness), so each "
+            "'finished' ends the run that started first, which here is the right one.",
+            [
+                Session("m1", "m1-s1", "A1", 0, "193.190.1.5", 10, "193.190.1.5", 900),
+                Session("m2", "m2-s1", "A2", 60, "193.190.1.5", 75, "193.190.1.5", 1000),
+            ],
+        ),
+        Scenario(
             "slow-gui-start",
             "Slow GUI start (3.5 min after the claim), on another address",
             "Past the note's 2 min orphan window: the note policy creates a second worker and "

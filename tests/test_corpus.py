@@ -34,6 +34,7 @@ SOLVABLE = (
     "midrun-flip-heartbeat-first",
     "two-runs-one-machine-hints",
     "nat-two-machines-hints",
+    "midrun-flip-fresh-claim",
 )
 # Scenarios that cannot be told apart without hints: the default policy must say so.
 AMBIGUOUS = (
@@ -42,6 +43,8 @@ AMBIGUOUS = (
     "nat-two-machines-no-hostnames",
     "two-runs-one-machine",
     "cloned-hostnames",
+    "shared-vpn-first-heartbeat",
+    "nat-long-runs-no-hostnames",
 )
 
 

@@ -360,6 +360,125 @@ class TestRecentOrphan:
         assert (w.ip, w.hostname, w.last_seen) == ("10.0.0.2", "box", NOW)
 
 
+class TestOwnStream:
+    """Policy.own_stream: a heartbeat from a new address, whose hostname names the one live
+    stream of that hostname, does not quietly take another machine's fresh claim."""
+
+    def setup_repo(self) -> wm.InMemoryWorkerRepository:
+        repo = new_repo()
+        # pc-1 runs A1 and was fed 2 s ago from its old address; pc-2 just claimed A2.
+        seed(repo, "mine", "10.0.0.1", hostname="pc-1", created=-3600, seen=-2, running="A1")
+        seed(repo, "theirs", "10.0.0.7", created=-10, seen=-10, running="A2")
+        return repo
+
+    def test_the_machines_own_stream_outranks_another_machines_fresh_claim(self) -> None:
+        d = decide(self.setup_repo(), "10.0.0.9", hostname="pc-1")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "mine", True)
+        verdict, reason = verdicts(d, wm.Rule.RECENT_ORPHAN)["theirs"]
+        assert verdict is wm.Verdict.OUTRANKED
+        assert "hostname_agrees" in reason
+        assert "its machine may have changed address" in report(d, wm.Rule.RECENT_ORPHAN).detail
+
+    def test_without_it_rule_3_gives_the_machine_the_fresh_claim_unflagged(self) -> None:
+        policy = wm.DEFAULT_POLICY.evolve(own_stream=False)
+        d = decide(self.setup_repo(), "10.0.0.9", hostname="pc-1", policy=policy)
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "theirs", False)
+
+    @pytest.mark.parametrize(
+        "mine",
+        [
+            {"seen": -31, "running": "A1"},  # quiet: rule 3 already weighs it as an orphan
+            {"seen": -2},  # runs nothing
+            {"seen": -2, "session": "A1", "ended": -3},  # its session ended
+        ],
+        ids=["quiet", "idle", "ended"],
+    )
+    def test_only_a_fed_running_unended_stream_joins(self, mine: dict[str, Any]) -> None:
+        repo = new_repo()
+        seed(repo, "mine", "10.0.0.1", hostname="pc-1", created=-3600, **mine)
+        seed(repo, "theirs", "10.0.0.7", created=-10, seen=-10, running="A2")
+        d = decide(repo, "10.0.0.9", hostname="pc-1")
+        assert "its machine may have changed address" not in report(d, wm.Rule.RECENT_ORPHAN).detail
+
+    def test_two_fed_streams_of_one_hostname_prove_nothing(self) -> None:
+        # Cloned machines: two live workers of hostname pc-1 are fed; neither joins.
+        repo = self.setup_repo()
+        seed(repo, "clone", "10.0.0.3", hostname="pc-1", created=-3600, seen=-1, running="A3")
+        d = decide(repo, "10.0.0.9", hostname="pc-1")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "theirs", False)
+
+    def test_with_no_orphan_in_sight_rule_4_finds_the_stream_as_before(self) -> None:
+        repo = new_repo()
+        seed(repo, "mine", "10.0.0.1", hostname="pc-1", created=-3600, seen=-2, running="A1")
+        d = decide(repo, "10.0.0.9", hostname="pc-1")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.HOSTNAME, "mine", False)
+
+    def test_requests_without_hostname_and_claims_are_unaffected(self) -> None:
+        repo = self.setup_repo()
+        # Without hostname the orphan guard applies (mine is fed): a new worker.
+        assert decide(repo, "10.0.0.9").rule is wm.Rule.CREATED
+        out = wm.apply_event(wm.Event.claim("10.0.0.9", "A9"), NOW, repo, create_assignments=True)
+        assert out.created
+
+
+class TestAddressRivals:
+    """Policy.address_rivals: on an address that machines share, a first heartbeat finds at its
+    address only a claim whose hostname is unknown; the fleet's other waiting claims are
+    rivals, and the decision says so."""
+
+    def setup_repo(self) -> wm.InMemoryWorkerRepository:
+        repo = new_repo()
+        vpn = "157.193.240.11"
+        # pc-8 ran on this address (a live worker with another hostname: the address is shared).
+        seed(repo, "pc8", vpn, hostname="pc-8", created=-900, seen=-20, running="A8")
+        seed(repo, "here", vpn, created=-30, seen=-30, running="A1")  # a claim from this address
+        seed(repo, "there", "157.193.240.12", created=-60, seen=-60, running="A2")  # and another
+        return repo
+
+    def test_the_worker_at_the_address_is_taken_and_the_decision_is_flagged(self) -> None:
+        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "here", True)
+        verdict, reason = verdicts(d, wm.Rule.EXACT_IP)["there"]
+        assert verdict is wm.Verdict.OUTRANKED
+        assert reason.startswith("a claim at 157.193.240.12 still waiting for its GUI")
+        assert "other machines share" in report(d, wm.Rule.EXACT_IP).detail
+
+    def test_a_refusing_policy_refuses_such_a_guess(self) -> None:
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.REFUSE)
+        with pytest.raises(wm.AmbiguousMatch):
+            decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
+
+    def test_without_evidence_of_sharing_the_address_is_trusted(self) -> None:
+        repo = new_repo()
+        seed(repo, "here", "10.0.0.1", created=-30, seen=-30, running="A1")
+        seed(repo, "there", "10.0.0.2", created=-60, seen=-60, running="A2")
+        d = decide(repo, "10.0.0.1", hostname="pc-3")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "here", False)
+
+    @pytest.mark.parametrize(
+        ("request_hostname", "rivals"),
+        [("pc-8", False), (None, False), ("pc-3", True)],
+        ids=["hostname-agrees", "no-hostname", "new-hostname"],
+    )
+    def test_only_a_hostname_new_to_the_address_makes_the_other_claims_rivals(
+        self, request_hostname: str | None, rivals: bool
+    ) -> None:
+        d = decide(self.setup_repo(), "157.193.240.11", hostname=request_hostname)
+        assert ("there" in verdicts(d, wm.Rule.EXACT_IP)) is rivals
+
+    def test_a_worker_at_the_address_whose_hostname_is_known_leaves_no_doubt(self) -> None:
+        repo = self.setup_repo()
+        seed(repo, "known", "157.193.240.11", created=-30, seen=-3, running="A3", hostname="pc-3")
+        d = decide(repo, "157.193.240.11", hostname="pc-3")
+        assert d.worker_id == "known"
+        assert "there" not in verdicts(d, wm.Rule.EXACT_IP)
+
+    def test_the_policy_switch_turns_it_off(self) -> None:
+        policy = wm.DEFAULT_POLICY.evolve(address_rivals=False)
+        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
+        assert (d.worker_id, d.ambiguous) == ("here", False)
+
+
 class TestHostname:
     def test_a_request_with_a_known_hostname_from_a_new_ip_takes_that_worker(self) -> None:
         repo = new_repo()

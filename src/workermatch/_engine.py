@@ -67,6 +67,10 @@ class Outcome:
     idempotent: bool = False
     merged: tuple[str, ...] = ()
     """Duplicates this request revealed and merged into :attr:`worker` (``_reconcile``)."""
+    kept_alive: tuple[str, ...] = ()
+    """Other workers of the request's address whose ``last_seen`` this request refreshed: it
+    could not be told apart from theirs (:attr:`Policy.shared_liveness
+    <workermatch.Policy.shared_liveness>`)."""
 
     @property
     def rule(self) -> Rule:
@@ -92,6 +96,11 @@ class Outcome:
             lines.append(
                 f"  merged duplicate {', '.join(self.merged)} into {self.worker.id} "
                 "(same hostname, lifetimes do not overlap)"
+            )
+        if self.kept_alive:
+            lines.append(
+                f"  kept {', '.join(self.kept_alive)} alive: the request, from their address, "
+                "may be theirs (shared liveness)"
             )
         if self.ended:
             lines.append(f"  ended {', '.join(self.ended)} ({self.event.message})")
@@ -298,6 +307,8 @@ def _plan_other(
         worker = attrs.evolve(worker, status=status, ended_at=worker.ended_at or now)
 
     writes.insert(0, InsertWorker(worker=worker) if created else UpdateWorker(worker=worker))
+    kept = _kept_alive(event, now, policy, decision)
+    writes.extend(UpdateWorker(worker=w) for w in kept)
     ended_ids = set(ended)
     for a in transferred:
         if a.id not in ended_ids:
@@ -312,7 +323,30 @@ def _plan_other(
         transferred=tuple(sorted(a.id for a in transferred)),
         ended=tuple(ended),
         merged=() if merge is None else (merge.duplicate.id,),
+        kept_alive=tuple(w.id for w in kept),
     )
+
+
+def _kept_alive(event: Event, now: datetime, policy: Policy, decision: Decision) -> list[Worker]:
+    """Shared liveness: a request without hostname that exact IP could not attribute proves that
+    one of the address's machines is alive, not which.  The other candidates of its address that
+    run an unended session are refreshed with it, so that a machine whose requests land on a
+    neighbour's worker does not see its own go stale (and its work transferred or stranded)."""
+    if not (
+        policy.shared_liveness
+        and decision.ambiguous
+        and decision.rule is Rule.EXACT_IP
+        and event.identity.hostname is None
+    ):
+        return []
+    return [
+        attrs.evolve(w, last_seen=now)
+        for w in decision.outranked
+        if w.ip == event.identity.ip
+        and w.status is WorkerStatus.RUNNING
+        and w.ended_at is None
+        and w.last_seen < now
+    ]
 
 
 def _transfers(

@@ -244,6 +244,33 @@ class Policy:
     the next heartbeat reveals its hostname).  Claims and requests with a hostname are never
     guarded.  ``False``: rule 3 as the note writes it.  Figures in ``docs/accuracy.md``."""
 
+    own_stream: bool = attrs.field(default=True)
+    """Rule 3 and a stream that moves: for a request *with* a hostname, when exactly one live
+    worker of an unended session has that hostname, holds a RUNNING assignment and was fed
+    within ``quiet_period``, that stream may be the request's own machine, whose address just
+    changed.  It is then no "other live stream": it joins rule 3's candidates (and ranks above
+    hostname-less orphans by ``hostname_agrees``), so a heartbeat from a new address does not
+    quietly take another machine's fresh claim worker, and the decision is flagged ambiguous.
+    Two or more such workers (cloned hostnames) prove nothing and none joins.  ``False``: rule 3
+    as semantics.md writes it.  Figures in ``docs/accuracy.md``."""
+
+    address_rivals: bool = attrs.field(default=True)
+    """Rule 2 on a shared address: when a request *with* a hostname finds at its IP only recent
+    orphans whose hostname is still unknown, and the address is known to be shared (a live
+    worker there has another hostname), the other recent orphans of the fleet are candidates
+    too, ranked below those at the request's IP: the request may come from one of those claims'
+    machines after an address change.  The decision still takes the worker at its address, and
+    is flagged ambiguous.  Figures in ``docs/accuracy.md``."""
+
+    shared_liveness: bool = attrs.field(default=True)
+    """A request without hostname that rule 2 cannot attribute (several live workers at its
+    address: machines behind one NAT, two runs on one machine) proves that *one* of them is
+    alive, not which.  It is placed on the best-ranked one, as always, and refreshes the
+    ``last_seen`` of the others that run an unended session, so that a machine whose requests
+    keep landing on a neighbour's worker does not see its own go stale, its running work
+    stranded, and its ``finished`` land elsewhere.  It writes one row more per such candidate.
+    Figures in ``docs/accuracy.md``."""
+
     hostname_window: timedelta = attrs.field(
         default=timedelta(minutes=5), validator=_positive_delta("hostname_window")
     )
@@ -319,6 +346,9 @@ class Policy:
 
     @hostname_veto.validator
     @orphan_guard.validator
+    @own_stream.validator
+    @address_rivals.validator
+    @shared_liveness.validator
     @sessions.validator
     @transfer_stale.validator
     def _check_bool(self, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -352,6 +382,9 @@ NOTE_POLICY = Policy(
     ended_grace=None,
     merge_gap=None,
     orphan_guard=False,
+    own_stream=False,
+    address_rivals=False,
+    shared_liveness=False,
     hostname_veto=False,
     sessions=False,
     transfer_stale=True,
@@ -374,6 +407,9 @@ LEGACY_POLICY = Policy(
     ended_grace=None,
     merge_gap=None,
     orphan_guard=False,
+    own_stream=False,
+    address_rivals=False,
+    shared_liveness=False,
     hostname_veto=False,
     sessions=False,
     transfer_stale=False,

@@ -94,6 +94,8 @@ class Decision:
     worker: Worker | None
     ambiguous: bool
     reports: tuple[RuleReport, ...]
+    outranked: tuple[Worker, ...] = ()
+    """The winning rule's other candidates, as read, best first (empty unless ambiguous)."""
 
     @property
     def created(self) -> bool:
@@ -256,6 +258,15 @@ def _rule_recent_orphan(ctx: _Context) -> _Found | str:
                 )
             )
     detail = f"workers with a RUNNING assignment created within {_span(policy.orphan_window)}"
+    if found and policy.own_stream and ctx.identity.hostname is not None and ctx.claiming is None:
+        own = _own_stream(ctx, {w.id for w in found})
+        if own is not None:
+            found.append(own)
+            rejected = [c for c in rejected if c.worker_id != own.id]
+            detail += (
+                f", and {own.id}, the one live worker of hostname {ctx.identity.hostname}, fed "
+                f"within {_span(policy.quiet_period)}: its machine may have changed address"
+            )
     if found and policy.orphan_guard and ctx.identity.hostname is None and ctx.claiming is None:
         rivals = _rivals(ctx, {w.id for w in found})
         if rivals:
@@ -299,6 +310,48 @@ def _rivals(ctx: _Context, orphans: set[str]) -> list[str]:
         if found:
             return found
     return []
+
+
+def _own_stream(ctx: _Context, orphans: set[str]) -> Worker | None:
+    """The one live worker of the request's hostname, of an unended session, holding a RUNNING
+    assignment and fed within the quiet period, when it is not already an orphan candidate.
+    ``None`` when there is none, or several (cloned hostnames prove nothing)."""
+    assert ctx.identity.hostname is not None
+    fed_since = max(ctx.live_since, ctx.now - ctx.policy.quiet_period)
+    fed = [
+        w
+        for w in ctx.repo.live_workers_by_hostname(ctx.identity.hostname, fed_since)
+        if w.ended_at is None and w.status is WorkerStatus.RUNNING
+    ]
+    if len(fed) != 1 or fed[0].id in orphans:
+        return None
+    return fed[0]
+
+
+def _address_rivals(ctx: _Context, found: list[Worker], eligible: list[Worker]) -> list[Worker]:
+    """Rule 2's rivals on a shared address (``Policy.address_rivals``): the other recent
+    orphans of the fleet, when a request with a hostname finds at its IP only recent orphans
+    whose hostname is unknown, and a live worker at that IP has another hostname."""
+    host = ctx.identity.hostname
+    if host is None or ctx.claiming is not None:
+        return []
+    since = ctx.now - ctx.policy.orphan_window
+    for w in eligible:
+        if (
+            w.hostname is not None
+            or w.ended_at is not None
+            or w.status is not WorkerStatus.RUNNING
+            or w.created_at < since
+        ):
+            return []
+    if not any(w.hostname is not None and w.hostname != host for w in found):
+        return []
+    at_address = {w.id for w in found}
+    return [
+        w
+        for w in ctx.repo.recent_running_workers(since, ctx.live_since)
+        if w.id not in at_address and w.hostname is None and w.ended_at is None
+    ]
 
 
 def _rule_hostname(ctx: _Context) -> _Found | str:
@@ -455,6 +508,24 @@ def run_chain(
             )
             continue
         ranked = _rank(eligible, ctx)
+        rivals: dict[str, str] = {}
+        if rule is Rule.EXACT_IP and policy.address_rivals:
+            extra = _address_rivals(ctx, workers, eligible)
+            if extra:
+                # Ranked below every worker at the request's address, by the same order.
+                ranked += _rank(extra, ctx)
+                rivals = {
+                    w.id: (
+                        f"a claim at {w.ip} still waiting for its GUI: on a shared address the "
+                        "request may come from its machine after an address change; ranked "
+                        f"below {ranked[0][0].id}, at the request's address"
+                    )
+                    for w in extra
+                }
+                detail += (
+                    ", which other machines share (a live worker there has another hostname): "
+                    "the fleet's other recent orphans are rivals"
+                )
         ambiguous = len(ranked) > 1
         if ambiguous and policy.on_ambiguous is OnAmbiguous.SKIP_RULE:
             passed = [
@@ -490,7 +561,7 @@ def run_chain(
             Candidate(
                 worker_id=w.id,
                 verdict=Verdict.OUTRANKED,
-                reason=_why_outranked(key, best_key, winner.id, policy.ranking),
+                reason=rivals.get(w.id) or _why_outranked(key, best_key, winner.id, policy.ranking),
             )
             for w, key in ranked[1:]
         ]
@@ -514,6 +585,7 @@ def run_chain(
             worker=winner,
             ambiguous=ambiguous,
             reports=tuple(reports),
+            outranked=tuple(w for w, _ in ranked[1:]),
         )
         if ambiguous and policy.on_ambiguous is OnAmbiguous.REFUSE:
             raise AmbiguousMatch(

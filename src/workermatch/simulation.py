@@ -529,6 +529,10 @@ class Score:
       that no earlier wrong guess explains (neither session had been mixed up before).  An
       unflagged knock-on error follows a flagged guess: once one machine's GUI took another
       machine's claim, the other machine's GUI finds only the first machine's claim left.
+    * ``right``: requests placed on their own session's worker (the worker their session's
+      first request there made or took first); ``right_share`` is their share of all requests.
+      Unlike ``workers_per_session``, which a policy that puts a whole NAT address on one
+      worker scores perfectly, it counts a request placed on another session's worker as wrong.
     * ``refused``: requests the policy refused (``on_ambiguous="refuse"``, refused claims).
     * ``merged``: duplicates reconciled after the fact.
     """
@@ -547,7 +551,43 @@ class Score:
     silent: int
     refused: int
     merged: int
+    right: int = 0
     worker_ids: tuple[str | None, ...] = attrs.field(default=(), repr=False, eq=False)
+
+    @property
+    def right_share(self) -> float:
+        """``right`` as a share of ``requests`` (0.0 when there are none)."""
+        return self.right / self.requests if self.requests else 0.0
+
+    def __add__(self, other: Score) -> Score:
+        """The scores of two replays summed, as if they were one fleet (``workers_per_session``
+        is the mean over both fleets' sessions)."""
+        if not isinstance(other, Score):
+            return NotImplemented
+        sessions = self.sessions + other.sessions
+        total = (
+            self.workers_per_session * self.sessions + other.workers_per_session * other.sessions
+        )
+        fields = [
+            "requests",
+            "workers",
+            "split",
+            "mixed",
+            "shared",
+            "lost",
+            "ambiguous",
+            "wrong",
+            "unflagged",
+            "silent",
+            "refused",
+            "merged",
+            "right",
+        ]
+        return Score(
+            sessions=sessions,
+            workers_per_session=total / sessions if sessions else 0.0,
+            **{f: getattr(self, f) + getattr(other, f) for f in fields},
+        )
 
 
 def score(
@@ -569,7 +609,7 @@ def score(
     ended_by: dict[str, str] = {}
     assignment_of: dict[str, str] = {}
     sent_ids: list[str | None] = []
-    ambiguous = wrong = unflagged = silent = refused = 0
+    ambiguous = wrong = unflagged = silent = refused = right = 0
     tainted: set[str] = set()
     for i, record in enumerate(records):
         session = record.session
@@ -591,6 +631,8 @@ def score(
             ambiguous += 1
         previous = last_session.get(worker, session)
         owner = owners.setdefault(worker, session)
+        if owner == session:
+            right += 1
         if not outcome.created and previous != session and owner != session:
             wrong += 1
             if outcome.ambiguous:
@@ -651,6 +693,7 @@ def score(
         silent=silent,
         refused=refused,
         merged=merged,
+        right=right,
         worker_ids=tuple(sent_ids),
     )
 
@@ -872,6 +915,9 @@ def _candidates() -> dict[str, Policy]:
             )
         ),
         "orphan-unguarded": d.evolve(orphan_guard=False),
+        "own-stream-off": d.evolve(own_stream=False),
+        "address-rivals-off": d.evolve(address_rivals=False),
+        "shared-liveness-off": d.evolve(shared_liveness=False),
         "merge-off": d.evolve(merge_gap=None),
         "merge-5s": d.evolve(merge_gap=timedelta(seconds=5)),
         "merge-30s": d.evolve(merge_gap=timedelta(seconds=30)),
@@ -919,41 +965,54 @@ def simulate(
     policies: Sequence[Policy],
     seed: int = 0,
     *,
+    fleets: int = 1,
     traces: Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Result]:
-    """Generate each scenario's trace for ``seed``, replay it under each policy, and score it.
+    """Generate ``fleets`` traces of each scenario (seeds ``seed``, ``seed + 1``, ...), replay
+    each under each policy, and score them: one :class:`Result` per scenario and policy, whose
+    score sums the fleets' (every policy sees the same fleets).
 
-    ``traces``: a directory that keeps each generated trace as ``<scenario>.jsonl`` (and, when
-    clients send worker_id hints, which depend on the policy, ``<scenario>.<policy>.jsonl`` with
-    the hints as that policy's server handed them out).  ``progress(done, total, label)`` is
-    called after each replay.
+    ``traces``: a directory that keeps each generated trace as ``<scenario>.jsonl`` (with
+    several fleets, ``<scenario>.<seed>.jsonl``) and, when clients send worker_id hints, which
+    depend on the policy, ``<scenario>[.<seed>].<policy>.jsonl`` with the hints as that policy's
+    server handed them out.  ``progress(done, total, label)`` is called after each replay.
     """
+    if not isinstance(fleets, int) or isinstance(fleets, bool) or fleets < 1:
+        raise InvalidInput(f"fleets must be a positive integer, not {fleets!r}", field="fleets")
     results: list[Result] = []
-    total = len(scenarios) * len(policies)
+    total = len(scenarios) * len(policies) * fleets
     done = 0
     for scenario in scenarios:
-        records = generate(scenario.params, seed)
-        hinted = any(r.hint == "worker_id" for r in records)
-        events = [None if r.hint == "worker_id" else r.to_event() for r in records]
-        if traces is not None:
-            traces.mkdir(parents=True, exist_ok=True)
-            with (traces / f"{scenario.name}.jsonl").open("w", encoding="utf-8") as f:
-                write_trace(records, f)
-        for policy in policies:
-            s = score(records, policy, events=events)
-            if traces is not None and hinted:
-                path = traces / f"{scenario.name}.{policy.name}.jsonl"
-                with path.open("w", encoding="utf-8") as f:
-                    write_trace(records, f, s.worker_ids)
-            results.append(Result(scenario=scenario.name, policy=policy.name, score=s))
-            done += 1
-            if progress is not None:
-                progress(done, total, f"{scenario.name} / {policy.name}")
+        sums: list[Score | None] = [None] * len(policies)
+        for fleet_seed in range(seed, seed + fleets):
+            records = generate(scenario.params, fleet_seed)
+            hinted = any(r.hint == "worker_id" for r in records)
+            events = [None if r.hint == "worker_id" else r.to_event() for r in records]
+            stem = scenario.name if fleets == 1 else f"{scenario.name}.{fleet_seed}"
+            if traces is not None:
+                traces.mkdir(parents=True, exist_ok=True)
+                with (traces / f"{stem}.jsonl").open("w", encoding="utf-8") as f:
+                    write_trace(records, f)
+            for i, policy in enumerate(policies):
+                s = score(records, policy, events=events)
+                if traces is not None and hinted:
+                    path = traces / f"{stem}.{policy.name}.jsonl"
+                    with path.open("w", encoding="utf-8") as f:
+                        write_trace(records, f, s.worker_ids)
+                previous = sums[i]
+                sums[i] = s if previous is None else previous + s
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"{stem} / {policy.name}")
+        for policy, total_score in zip(policies, sums, strict=True):
+            assert total_score is not None
+            results.append(Result(scenario=scenario.name, policy=policy.name, score=total_score))
     return results
 
 
 _COLUMNS = (
+    ("right", "right_share"),
     ("workers/session", "workers_per_session"),
     ("split", "split"),
     ("mixed", "mixed"),
@@ -976,7 +1035,10 @@ def format_table(results: Sequence[Result], *, markdown: bool = False) -> str:
         cells = [r.scenario, r.policy, str(s.sessions)]
         for _, attr in _COLUMNS:
             value = getattr(s, attr)
-            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
+            if attr == "right_share":
+                cells.append(f"{100 * value:.1f}%")
+            else:
+                cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
         rows.append(cells)
     if markdown:
         lines = ["| " + " | ".join(header) + " |"]
@@ -1064,6 +1126,14 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "--candidates", action="store_true", help="also score every candidate policy"
     )
     parser.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
+    parser.add_argument(
+        "--fleets",
+        type=int,
+        default=1,
+        metavar="N",
+        help="score N fleets of each scenario (seeds SEED to SEED+N-1) and sum their counts "
+        "(default 1)",
+    )
     parser.add_argument("--traces", type=Path, metavar="DIR", help="keep the generated traces")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument(
@@ -1123,7 +1193,13 @@ def run_simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         return 2
     show = args.progress if args.progress is not None else stderr.isatty()
     bar = _ProgressBar(stderr) if show else None
-    results = simulate(scenarios, policies, args.seed, traces=args.traces, progress=bar)
+    try:
+        results = simulate(
+            scenarios, policies, args.seed, fleets=args.fleets, traces=args.traces, progress=bar
+        )
+    except InvalidInput as exc:
+        stderr.write(f"workermatch simulate: {exc}\n")
+        return 2
     stdout.write(format_table(results, markdown=args.markdown))
     return 0
 
