@@ -219,7 +219,7 @@ def apart(x: Session, y: Session, policy: wm.Policy = POLICY) -> bool:
     if x.machine != y.machine and x.ips() & y.ips():
         return False  # shared address: exact IP (or NAT) can confuse them
     for a, b in ((x, y), (y, x)):
-        for request in a.first_appearances():
+        for request in may_reach_rule_3(a, policy):
             if orphan_at(b, request, policy):
                 return False  # a blind rule-3 guess is possible
     if x.machine == y.machine:
@@ -285,18 +285,25 @@ def earlier_session_done(earlier: Session, later: Session, policy: wm.Policy = P
 def test_sessions_stay_apart(stream: FleetStream) -> None:
     """Guarantee 2: events of two sessions of one machine (one after the other) never resolve to
     the same worker, when the earlier session's worker no longer answers once the later one
-    speaks (``earlier_session_done``) and no other machine's request can reach the earlier
-    session's worker (``apart`` from every session of other machines)."""
+    speaks (``earlier_session_done``) and no request of one machine can reach another
+    machine's worker (``apart``, for every pair of sessions of different machines)."""
     sessions = sessions_of(stream)
     steps = replay(stream)
     note(describe(steps))
+    # Every pair of sessions of different machines must be apart, not only those with the
+    # earlier session: a session another machine disturbed can disturb a third in turn (one
+    # machine back from a silence takes another's claim, whose GUI then takes a third's).
+    machines_apart = all(
+        apart(x, y)
+        for x, y in itertools.combinations(sessions.values(), 2)
+        if x.machine != y.machine
+    )
     checked = 0
     for a in sessions.values():
         for b in sessions.values():
             if a.machine != b.machine or a.claim >= b.claim:
                 continue
-            others = [s for s in sessions.values() if s.machine != a.machine]
-            if not earlier_session_done(a, b) or not all(apart(a, o) for o in others):
+            if not machines_apart or not earlier_session_done(a, b):
                 continue
             checked += 1
             shared = workers_of(steps, a.name) & workers_of(steps, b.name)
@@ -592,6 +599,26 @@ def test_a_heartbeat_from_a_new_ip_keeps_its_worker_despite_a_fresh_claim() -> N
     assert last is not None
     assert last.ambiguous, describe(steps)
     assert len(workers_of(steps, "m2-s1")) == 1, describe(steps)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="own_stream: a client killed mid-run and restarted at once (a new claim from another "
+    "VPN address) sends its first heartbeat within quiet_period of the dead run's last update: "
+    "the dead run's worker is the one fed stream of that hostname, and outranks the new claim",
+)
+def test_counterexample_sessions_stay_apart_after_a_crash_and_fast_restart() -> None:
+    steps = run_script(
+        [
+            (0.0, "m1-s1", wm.Event.claim("172.16.1.10", "A1")),
+            (10.0, "m1-s1", wm.Event.heartbeat("172.16.1.11", hostname="pc-1")),
+            (40.0, "m1-s1", wm.Event.heartbeat("172.16.1.11", hostname="pc-1")),
+            (100.0, "m1-s1", wm.Event.gui_update("172.16.1.11", "overall_progress")),
+            (104.0, "m1-s2", wm.Event.claim("172.16.1.12", "A2")),
+            (115.0, "m1-s2", wm.Event.heartbeat("172.16.1.13", hostname="pc-1")),
+        ]
+    )
+    assert not workers_of(steps, "m1-s1") & workers_of(steps, "m1-s2"), describe(steps)
 
 
 @pytest.mark.xfail(
