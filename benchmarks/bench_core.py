@@ -24,9 +24,11 @@ What is measured, per fleet size:
   unknown IP while an orphan is in sight: the orphan guard looks for a running machine fed
   within the quiet period (one exists), passes the orphan over, and the decision is "create".
 * ``nat  apply``: :func:`workermatch.apply_event` for an update without hostname from an
-  address that three live running workers share (machines behind one NAT): the decision is
+  address that three live running workers share (machines behind one NAT that never send a
+  hostname): the decision is
   ambiguous, and with ``Policy.shared_liveness`` the two workers not taken are refreshed too
-  (three rows written instead of one).
+  (three rows written instead of one; time moves on by 31 s per call, past the quiet period
+  that limits those refreshes to one per worker and period).
 * ``end  apply``: :func:`workermatch.apply_event` for a ``finished`` that ends the session of a
   worker created about 12 hours earlier (matched by exact IP): the assignment is completed and
   the worker stops running.  Each call consumes a worker, so this one is
@@ -115,7 +117,8 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
         if len(writes) >= BATCH:
             repo.write(writes)
             writes = []
-    # Three machines behind one NAT address, each running, heard from within the last minute.
+    # Three machines behind one NAT address, each running, no hostname known (clients that
+    # never send one), heard from 1 to 3 minutes ago.
     for k in range(NAT_SIZE):
         wid, aid = f"nat{k}", f"nat-a{k}"
         created = NOW - timedelta(hours=2, seconds=k)
@@ -124,9 +127,9 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
                 worker=wm.Worker(
                     id=wid,
                     ip=NAT_IP,
-                    hostname=f"lab-{k}",
+                    hostname=None,
                     created_at=created,
-                    last_seen=NOW - timedelta(seconds=10 * (k + 1)),
+                    last_seen=NOW - timedelta(seconds=60 * (k + 1)),
                     status=wm.WorkerStatus.RUNNING,
                     assignment_id=aid,
                 )
@@ -188,11 +191,12 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
     assert outcome.ambiguous, outcome.explain()
     assert len(outcome.kept_alive) == NAT_SIZE - 1, outcome.explain()
 
-    # Time moves on by a millisecond per call, so that every call refreshes the other two.
+    # Time moves on by more than the quiet period per call, so that every call refreshes the
+    # other two (shared liveness refreshes a worker at most once per quiet period).
     ticks = itertools.count(1)
 
     def nat_apply() -> None:
-        outcome = wm.apply_event(nat, NOW + timedelta(milliseconds=next(ticks)), repo)
+        outcome = wm.apply_event(nat, NOW + timedelta(seconds=31 * next(ticks)), repo)
         assert len(outcome.kept_alive) == NAT_SIZE - 1
 
     # Each cold apply creates a worker, so each needs an address and hostname never seen.

@@ -473,10 +473,100 @@ class TestAddressRivals:
         assert d.worker_id == "known"
         assert "there" not in verdicts(d, wm.Rule.EXACT_IP)
 
+    def test_a_skipping_policy_passes_the_rule_over_and_makes_a_worker(self) -> None:
+        # Under on_ambiguous=skip_rule the doubt changes the placement: "prefer the duplicate".
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.SKIP_RULE)
+        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
+        assert report(d, wm.Rule.EXACT_IP).outcome == "passed over"
+
+    def test_the_rivals_rank_below_the_workers_at_the_address(self) -> None:
+        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3")
+        assert [w.id for w in d.outranked] == ["there"]
+
     def test_the_policy_switch_turns_it_off(self) -> None:
         policy = wm.DEFAULT_POLICY.evolve(address_rivals=False)
         d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
         assert (d.worker_id, d.ambiguous) == ("here", False)
+
+
+class TestSharedLiveness:
+    """Policy.shared_liveness: an update without hostname that exact IP cannot attribute keeps
+    the address's other running workers alive with the one it lands on."""
+
+    def setup_repo(self) -> wm.InMemoryWorkerRepository:
+        repo = new_repo()
+        nat = "192.0.2.1"
+        seed(repo, "first", nat, created=-900, seen=-200, running="A1")
+        seed(repo, "second", nat, created=-600, seen=-250, running="A2")
+        seed(repo, "idle", nat, created=-500, seen=-100)  # runs nothing
+        seed(repo, "done", nat, created=-400, seen=-5, session="A4", ended=-5)  # ended
+        seed(repo, "elsewhere", "192.0.2.9", created=-300, seen=-280, running="A5")
+        return repo
+
+    def test_the_other_running_workers_of_the_address_are_refreshed(self) -> None:
+        repo = self.setup_repo()
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "overall_progress"), NOW, repo)
+        assert (out.worker.id, out.ambiguous, out.kept_alive) == ("first", True, ("second",))
+        assert worker(repo, "second").last_seen == NOW
+        assert worker(repo, "second").ip == "192.0.2.1"  # nothing but last_seen changes
+        for untouched, seen in (("idle", -100), ("done", -5), ("elsewhere", -280)):
+            assert worker(repo, untouched).last_seen == at(seen)
+        assert "kept second alive" in out.explain()
+
+    def test_the_decision_lists_the_other_candidates_best_first(self) -> None:
+        d = decide(self.setup_repo(), "192.0.2.1")
+        assert d.worker_id == "first"
+        assert [w.id for w in d.outranked] == ["second", "idle", "done"]  # ended last
+
+    @pytest.mark.parametrize(
+        "request_",
+        [
+            wm.Event.heartbeat("192.0.2.1", hostname="lab-1"),  # a hostname: no doubt to share
+            wm.Event.gui_update("192.0.2.9", "overall_progress"),  # one candidate
+        ],
+        ids=["with-hostname", "unambiguous"],
+    )
+    def test_only_an_ambiguous_request_without_hostname_refreshes_others(
+        self, request_: wm.Event
+    ) -> None:
+        out = wm.apply_event(request_, NOW, self.setup_repo())
+        assert out.kept_alive == ()
+
+    def test_nothing_is_refreshed_when_the_policy_refuses_or_skips(self) -> None:
+        event = wm.Event.gui_update("192.0.2.1", "overall_progress")
+        repo = self.setup_repo()
+        refuse = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.REFUSE)
+        with pytest.raises(wm.AmbiguousMatch):
+            wm.apply_event(event, NOW, repo, refuse)
+        assert worker(repo, "second").last_seen == at(-250)
+        skip = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.SKIP_RULE)
+        out = wm.apply_event(event, NOW, repo, skip)
+        assert out.kept_alive == ()
+        assert worker(repo, "second").last_seen == at(-250)
+
+    def test_a_worker_whose_hostname_is_known_keeps_its_own_liveness(self) -> None:
+        # Its heartbeats keep it alive; refreshing it would hide the silence that shows its
+        # machine moved (reconciliation needs it).
+        repo = self.setup_repo()
+        seed(repo, "known", "192.0.2.1", hostname="lab-3", created=-300, seen=-40, running="A6")
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "overall_progress"), NOW, repo)
+        assert out.ambiguous
+        assert "known" not in out.kept_alive
+        assert worker(repo, "known").last_seen == at(-40)
+
+    def test_a_worker_is_refreshed_at_most_once_per_quiet_period(self) -> None:
+        repo = self.setup_repo()
+        update = wm.Event.gui_update("192.0.2.1", "overall_progress")
+        assert wm.apply_event(update, NOW, repo).kept_alive == ("second",)
+        assert wm.apply_event(update, at(30), repo).kept_alive == ()  # 30 s: not past it
+        assert wm.apply_event(update, at(30.001), repo).kept_alive == ("second",)
+
+    def test_the_policy_switch_turns_it_off(self) -> None:
+        repo = self.setup_repo()
+        policy = wm.DEFAULT_POLICY.evolve(shared_liveness=False)
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "x"), NOW, repo, policy)
+        assert out.kept_alive == ()
+        assert worker(repo, "second").last_seen == at(-250)
 
 
 class TestHostname:

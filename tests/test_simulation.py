@@ -332,8 +332,9 @@ def test_default_makes_one_worker_per_session_where_semantics_says_it_can(name: 
 
 @pytest.mark.parametrize("name", list(sim.SCENARIOS))
 def test_default_never_does_worse_than_the_note(name: str) -> None:
-    """On every column that counts data going to the wrong place or getting lost (not on
-    fragmentation, which the note wins by putting a shared address's sessions on one worker)."""
+    """On every column that counts, per session or per request, data going to the wrong place
+    or getting lost; not on those that count workers (``mixed``, ``workers_per_session``), which
+    the note wins by putting every session of a shared address on one worker."""
     default, note = scores(name, wm.DEFAULT_POLICY, wm.NOTE_POLICY)
     assert default.right_share >= note.right_share
     assert default.shared <= note.shared

@@ -330,8 +330,9 @@ def _plan_other(
 def _kept_alive(event: Event, now: datetime, policy: Policy, decision: Decision) -> list[Worker]:
     """Shared liveness: a request without hostname that exact IP could not attribute proves that
     one of the address's machines is alive, not which.  The other candidates of its address that
-    run an unended session are refreshed with it, so that a machine whose requests land on a
-    neighbour's worker does not see its own go stale (and its work transferred or stranded)."""
+    run an unended session and whose hostname is unknown are refreshed with it, so that a machine
+    whose requests land on a neighbour's worker does not see its own go stale (and its work
+    transferred or stranded)."""
     if not (
         policy.shared_liveness
         and decision.ambiguous
@@ -345,7 +346,12 @@ def _kept_alive(event: Event, now: datetime, policy: Policy, decision: Decision)
         if w.ip == event.identity.ip
         and w.status is WorkerStatus.RUNNING
         and w.ended_at is None
-        and w.last_seen < now
+        # At most once per quiet period: a NAT's updates come many a second, and staleness
+        # is measured in minutes.
+        and now - w.last_seen > policy.quiet_period
+        # A worker whose hostname is known has its own heartbeats to keep it alive; refreshing
+        # it would also hide the silence that reveals its machine's address change (merge).
+        and w.hostname is None
     ]
 
 

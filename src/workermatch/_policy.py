@@ -266,10 +266,13 @@ class Policy:
     """A request without hostname that rule 2 cannot attribute (several live workers at its
     address: machines behind one NAT, two runs on one machine) proves that *one* of them is
     alive, not which.  It is placed on the best-ranked one, as always, and refreshes the
-    ``last_seen`` of the others that run an unended session, so that a machine whose requests
-    keep landing on a neighbour's worker does not see its own go stale, its running work
-    stranded, and its ``finished`` land elsewhere.  It writes one row more per such candidate.
-    Figures in ``docs/accuracy.md``."""
+    ``last_seen`` of the others that run an unended session and whose hostname is unknown, so
+    that a machine whose requests keep landing on a neighbour's worker does not see its own go
+    stale, its running work stranded, and its ``finished`` land elsewhere.  (A worker whose
+    hostname is known has its own heartbeats to keep it alive, and its silence must stay
+    visible to reconciliation.)  A worker is refreshed at most once per ``quiet_period``, so
+    that it costs one more row written per such candidate and period, not per request.  Figures
+    in ``docs/accuracy.md``."""
 
     hostname_window: timedelta = attrs.field(
         default=timedelta(minutes=5), validator=_positive_delta("hostname_window")

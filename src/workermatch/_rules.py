@@ -258,8 +258,13 @@ def _rule_recent_orphan(ctx: _Context) -> _Found | str:
                 )
             )
     detail = f"workers with a RUNNING assignment created within {_span(policy.orphan_window)}"
-    if found and policy.own_stream and ctx.identity.hostname is not None and ctx.claiming is None:
-        own = _own_stream(ctx, {w.id for w in found})
+    if (
+        policy.own_stream
+        and ctx.identity.hostname is not None
+        and ctx.claiming is None
+        and any(_ineligible(w, ctx) is None for w in found)
+    ):
+        own = _own_stream(ctx, found)
         if own is not None:
             found.append(own)
             rejected = [c for c in rejected if c.worker_id != own.id]
@@ -312,7 +317,7 @@ def _rivals(ctx: _Context, orphans: set[str]) -> list[str]:
     return []
 
 
-def _own_stream(ctx: _Context, orphans: set[str]) -> Worker | None:
+def _own_stream(ctx: _Context, orphans: list[Worker]) -> Worker | None:
     """The one live worker of the request's hostname, of an unended session, holding a RUNNING
     assignment and fed within the quiet period, when it is not already an orphan candidate.
     ``None`` when there is none, or several (cloned hostnames prove nothing)."""
@@ -323,7 +328,7 @@ def _own_stream(ctx: _Context, orphans: set[str]) -> Worker | None:
         for w in ctx.repo.live_workers_by_hostname(ctx.identity.hostname, fed_since)
         if w.ended_at is None and w.status is WorkerStatus.RUNNING
     ]
-    if len(fed) != 1 or fed[0].id in orphans:
+    if len(fed) != 1 or any(w.id == fed[0].id for w in orphans):
         return None
     return fed[0]
 
@@ -510,7 +515,9 @@ def run_chain(
         ranked = _rank(eligible, ctx)
         rivals: dict[str, str] = {}
         if rule is Rule.EXACT_IP and policy.address_rivals:
-            extra = _address_rivals(ctx, workers, eligible)
+            extra = [
+                w for w in _address_rivals(ctx, workers, eligible) if _ineligible(w, ctx) is None
+            ]
             if extra:
                 # Ranked below every worker at the request's address, by the same order.
                 ranked += _rank(extra, ctx)
