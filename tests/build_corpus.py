@@ -118,6 +118,14 @@ B = "157.193.240.190"  # the note's GUI address
 HOST = "UG-GNS0S34"
 
 
+def flip_before_heartbeat() -> Session:
+    """One run whose VPN flips 0.1 s before a heartbeat, so that the heartbeat is the first
+    request from the new address (the next update comes 2.4 s into each 5 s period)."""
+    return Session(
+        "m1", "m1-s1", "A1", 0, A, 20, A, 600, HOST, flips=[(379.9, B)], update_offset=2.4
+    )
+
+
 def scenarios() -> list[Scenario]:
     return [
         Scenario(
@@ -158,19 +166,7 @@ def scenarios() -> list[Scenario]:
             "The VPN flips just before a heartbeat: the hostname links the new address to the "
             "session (rule hostname), and the run stays one worker.",
             [
-                Session(
-                    "m1",
-                    "m1-s1",
-                    "A1",
-                    0,
-                    A,
-                    20,
-                    A,
-                    600,
-                    HOST,
-                    flips=[(379.9, B)],
-                    update_offset=2.4,
-                )
+                flip_before_heartbeat(),
             ],
         ),
         Scenario(
@@ -304,19 +300,7 @@ def scenarios() -> list[Scenario]:
             "runs). The default weighs m1's own fed worker in rule 3, where its hostname "
             "outranks the claim, and flags the guess.",
             [
-                Session(
-                    "m1",
-                    "m1-s1",
-                    "A1",
-                    0,
-                    A,
-                    20,
-                    A,
-                    600,
-                    HOST,
-                    flips=[(379.9, B)],
-                    update_offset=2.4,
-                ),
+                flip_before_heartbeat(),
                 Session(
                     "m2", "m2-s1", "A2", 370, "145.10.0.12", 400, "145.10.1.12", 660, "lab-pc-2"
                 ),
