@@ -568,20 +568,11 @@ class Score:
         total = (
             self.workers_per_session * self.sessions + other.workers_per_session * other.sessions
         )
+        # Every count adds up; the mean and the per-replay hints do not.
         fields = [
-            "requests",
-            "workers",
-            "split",
-            "mixed",
-            "shared",
-            "lost",
-            "ambiguous",
-            "wrong",
-            "unflagged",
-            "silent",
-            "refused",
-            "merged",
-            "right",
+            f.name
+            for f in attrs.fields(Score)
+            if f.name not in ("sessions", "workers_per_session", "worker_ids")
         ]
         return Score(
             sessions=sessions,
