@@ -38,7 +38,11 @@ T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 BURST_AT = T0 + timedelta(seconds=60)
 POLICY = wm.DEFAULT_POLICY.evolve(
     name="stress",
-    chain=(wm.Rule.WORKER_ID, wm.Rule.ASSIGNMENT, wm.Rule.EXACT_IP, wm.Rule.HOSTNAME),
+    rules=attrs.evolve(
+        wm.DEFAULT_RULES,
+        name="stress",
+        rows=tuple(r for r in wm.DEFAULT_RULES.rows if r.rule is not wm.Rule.RECENT_ORPHAN),
+    ),
 )
 
 # (label, kind, ip, hostname, assignment)

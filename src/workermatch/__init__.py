@@ -11,7 +11,22 @@ atomic step.
 
 from __future__ import annotations
 
-from ._engine import NEW_WORKER, Outcome, apply_event, plan, sweep
+from ._decision import (
+    DEFAULT_RULES,
+    LEGACY_RULES,
+    NOTE_RULES,
+    Alert,
+    Candidate,
+    Decision,
+    Effect,
+    Guard,
+    Outcome,
+    Row,
+    RuleReport,
+    Rules,
+    Verdict,
+)
+from ._engine import NEW_WORKER, apply_event, match_worker, plan, sweep
 from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput, StorageError, WorkermatchError
 from ._memory import InMemoryWorkerRepository, sequential_ids
 from ._model import (
@@ -19,6 +34,7 @@ from ._model import (
     AssignmentStatus,
     Event,
     EventKind,
+    HeldEnd,
     Identity,
     Worker,
     WorkerStatus,
@@ -46,17 +62,19 @@ from ._protocol import (
     WorkerRepository,
     Write,
 )
-from ._rules import RULES, Candidate, Decision, RuleReport, Verdict, match_worker
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_POLICY",
+    "DEFAULT_RULES",
     "LEGACY_POLICY",
+    "LEGACY_RULES",
     "NEW_WORKER",
     "NOTE_POLICY",
+    "NOTE_RULES",
     "POLICIES",
-    "RULES",
+    "Alert",
     "AmbiguousMatch",
     "Assignment",
     "AssignmentStatus",
@@ -64,8 +82,11 @@ __all__ = [
     "ClaimRefused",
     "Criterion",
     "Decision",
+    "Effect",
     "Event",
     "EventKind",
+    "Guard",
+    "HeldEnd",
     "Identity",
     "InMemoryWorkerRepository",
     "InsertAssignment",
@@ -75,8 +96,10 @@ __all__ = [
     "OrphanCondition",
     "Outcome",
     "Policy",
+    "Row",
     "Rule",
     "RuleReport",
+    "Rules",
     "StorageError",
     "UpdateAssignment",
     "UpdateWorker",

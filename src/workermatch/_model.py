@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ __all__ = [
     "AssignmentStatus",
     "Event",
     "EventKind",
+    "HeldEnd",
     "Identity",
     "Worker",
     "WorkerStatus",
@@ -254,6 +256,21 @@ def _c_ended_at(value: object) -> datetime | None:
     return None if value is None else normalize_time(value, field="ended_at")
 
 
+def _c_hostname_seen(value: object) -> datetime | None:
+    return None if value is None else normalize_time(value, field="hostname_seen")
+
+
+def _c_contested(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        raise InvalidInput(
+            "contested must be a sequence of worker ids", field="contested", value=value
+        )
+    ids = [_check_id(v, "contested", optional=False) for v in value]
+    return tuple(sorted({i for i in ids if i is not None}))
+
+
 def _c_kind(value: object) -> EventKind:
     return _enum_value(EventKind, value, "kind")
 
@@ -400,6 +417,85 @@ class Event:
         return cls(kind=EventKind.REGISTER, identity=Identity(ip=ip, hostname=hostname))
 
 
+def _c_held_status(value: object) -> AssignmentStatus:
+    status = _enum_value(AssignmentStatus, value, "status")
+    if status not in (AssignmentStatus.COMPLETED, AssignmentStatus.FAILED):
+        raise InvalidInput(
+            "a held end completes or fails its assignment", field="status", value=value
+        )
+    return status
+
+
+def _c_at(value: object) -> datetime:
+    return normalize_time(value, field="at")
+
+
+def _c_candidates(value: object) -> tuple[str, ...]:
+    ids = _c_contested(value)
+    if len(ids) < 2:
+        raise InvalidInput(
+            "a held end has at least two candidates", field="candidates", value=value
+        )
+    return ids
+
+
+def _c_count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput("count must be a positive integer", field="count", value=value)
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class HeldEnd:
+    """A session end (``finished`` or ``fatal_error``) held for want of evidence.
+
+    The request that asked for it could have come from any of ``candidates`` (worker ids), and
+    nothing separated them.  Every candidate carries the same held end; ``count`` is how many
+    such requests arrived for this set of candidates.  It is applied when
+    evidence arrives: a candidate heard from on its own (more than ``ended_grace`` after ``at``)
+    did not send it, and once only ``count`` candidates are left, their assignments end.
+    """
+
+    status: AssignmentStatus = attrs.field(converter=_c_held_status)
+    at: datetime = attrs.field(converter=_c_at)
+    candidates: tuple[str, ...] = attrs.field(converter=_c_candidates)
+    count: int = attrs.field(default=1, converter=_c_count)
+
+    def to_json(self) -> str:
+        """A compact JSON text of this value (how SQL stores keep it in one column)."""
+        return json.dumps(
+            {
+                "status": self.status.value,
+                "at": self.at.isoformat(),
+                "candidates": list(self.candidates),
+                "count": self.count,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> HeldEnd:
+        """The inverse of :meth:`to_json`."""
+        try:
+            obj = json.loads(text)
+            return cls(
+                status=obj["status"],
+                at=datetime.fromisoformat(obj["at"]),
+                candidates=obj["candidates"],
+                count=obj["count"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(f"not a held end: {exc}", field="held_end") from None
+
+
+def _c_held_end(value: object) -> HeldEnd | None:
+    if value is None or isinstance(value, HeldEnd):
+        return value
+    if isinstance(value, str):
+        return HeldEnd.from_json(value)
+    raise InvalidInput("held_end must be a HeldEnd or None", field="held_end", value=value)
+
+
 @attrs.frozen(kw_only=True)
 class Worker:
     """A worker record: one session of one machine.
@@ -422,6 +518,17 @@ class Worker:
     assignment_id: str | None = attrs.field(default=None, converter=_c_assignment_id)
     ended_at: datetime | None = attrs.field(default=None, converter=_c_ended_at)
     merged_into: str | None = attrs.field(default=None, converter=_c_merged_into)
+    hostname_seen: datetime | None = attrs.field(default=None, converter=_c_hostname_seen)
+    """When a request carrying this worker's hostname last landed on it: the liveness of its
+    machine's hostname stream (the real client's heartbeats), which requests without hostname
+    cannot prove."""
+    contested: tuple[str, ...] = attrs.field(default=(), converter=_c_contested)
+    """The candidates among which this worker was last chosen without evidence to separate them
+    (itself included, sorted); empty when it never was.  Decisions that land on a contested
+    worker say so, and an alert is raised only when the set changes."""
+    held_end: HeldEnd | None = attrs.field(default=None, converter=_c_held_end)
+    """A session end that this worker's machine may have asked for, held for want of evidence
+    (:class:`HeldEnd`); every candidate of it carries the same value."""
 
     def is_stale_at(self, now: datetime, stale_after: timedelta) -> bool:
         """Whether the worker is stale at ``now``: flagged, merged, or silent past ``stale_after``.

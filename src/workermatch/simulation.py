@@ -37,6 +37,7 @@ from ._engine import apply_event
 from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput
 from ._memory import InMemoryWorkerRepository, sequential_ids
 from ._model import AssignmentStatus, Event, EventKind, Identity
+from ._decision import Effect, Guard
 from ._policy import (
     DEFAULT_POLICY,
     LEGACY_POLICY,
@@ -535,6 +536,12 @@ class Score:
       worker scores perfectly, it counts a request placed on another session's worker as wrong.
     * ``refused``: requests the policy refused (``on_ambiguous="refuse"``, refused claims).
     * ``merged``: duplicates reconciled after the fact.
+    * ``misended``: assignments completed or failed by another session's request (a held end
+      counts for the request that asked for it, not the one whose evidence applied it): the
+      write an operator cannot forgive.
+    * ``alerts``: decisions that raised an alert.
+    * ``held``: session ends held for want of evidence; ``pending``: those still held at the
+      end of the trace.
     """
 
     requests: int
@@ -552,6 +559,10 @@ class Score:
     refused: int
     merged: int
     right: int = 0
+    misended: int = 0
+    alerts: int = 0
+    held: int = 0
+    pending: int = 0
     worker_ids: tuple[str | None, ...] = attrs.field(default=(), repr=False, eq=False)
 
     @property
@@ -601,6 +612,9 @@ def score(
     assignment_of: dict[str, str] = {}
     sent_ids: list[str | None] = []
     ambiguous = wrong = unflagged = silent = refused = right = 0
+    misended = alerts = held = 0
+    session_of_assignment: dict[str, str] = {}
+    asked: dict[datetime, list[str]] = {}
     tainted: set[str] = set()
     for i, record in enumerate(records):
         session = record.session
@@ -609,6 +623,9 @@ def score(
         if record.kind is EventKind.CLAIM:
             assert record.assignment is not None
             assignment_of[session] = record.assignment
+            session_of_assignment.setdefault(record.assignment, session)
+        if record.message in ("finished", "fatal_error"):
+            asked.setdefault(record.at, []).append(session)
         event = events[i] if events is not None else None
         if event is None:
             event = record.to_event(wid)
@@ -637,8 +654,18 @@ def score(
         workers_of.setdefault(session, set()).add(worker)
         if record.kind is EventKind.CLAIM:
             claim_worker[session] = worker
+        if outcome.alert is not None:
+            alerts += 1
+        if outcome.held:
+            held += 1
+        settled = dict(outcome.settled)
         for aid in outcome.ended:
-            ended_by.setdefault(aid, session)
+            own = session_of_assignment.get(aid)
+            askers = asked.get(settled[aid], []) if aid in settled else [session]
+            by = own if own in askers else (askers[0] if askers else session)
+            ended_by.setdefault(aid, by)
+            if own is not None and own not in askers:
+                misended += 1
 
     all_workers = {w.id: w for w in repo.all_workers()}
 
@@ -685,6 +712,10 @@ def score(
         refused=refused,
         merged=merged,
         right=right,
+        misended=misended,
+        alerts=alerts,
+        held=held,
+        pending=len({w.held_end for w in all_workers.values() if w.held_end is not None}),
         worker_ids=tuple(sent_ids),
     )
 
@@ -869,17 +900,20 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
 
 def _candidates() -> dict[str, Policy]:
     d = DEFAULT_POLICY
+    rules = d.rules
     # The default's ranking up to its tail of "which of several equally good candidates".
-    base = tuple(
-        c
-        for c in d.ranking
-        if c
-        not in (Criterion.RECENTLY_SEEN, Criterion.NEWEST, Criterion.OLDEST, Criterion.NEAREST_IP)
-    )
+    base = tuple(c for c in rules.ranking if c.is_evidence)
+
+    def table(**changes: Any) -> Policy:
+        return d.evolve(rules=attrs.evolve(rules, name="variant", **changes))
+
+    def without(*effects: Effect) -> Policy:
+        return table(effects=rules.effects - set(effects))
+
+    orphan = rules.row(Rule.RECENT_ORPHAN)
     out = {
         "orphan-2m": d.evolve(orphan_window=timedelta(minutes=2)),
         "orphan-3m": d.evolve(orphan_window=timedelta(minutes=3)),
-        "orphan-4m": d.evolve(orphan_window=timedelta(minutes=4)),
         "orphan-5m": d.evolve(orphan_window=timedelta(minutes=5)),
         "orphan-10m": d.evolve(orphan_window=timedelta(minutes=10)),
         "quiet-10s": d.evolve(quiet_period=timedelta(seconds=10)),
@@ -888,32 +922,29 @@ def _candidates() -> dict[str, Policy]:
         "grace-5s": d.evolve(ended_grace=timedelta(seconds=5)),
         "grace-10s": d.evolve(ended_grace=timedelta(seconds=10)),
         "grace-30s": d.evolve(ended_grace=timedelta(seconds=30)),
-        "grace-2m": d.evolve(ended_grace=timedelta(minutes=2)),
-        "rank-recent": d.evolve(ranking=(*base, Criterion.RECENTLY_SEEN, Criterion.NEWEST)),
-        "rank-recent-oldest": d.evolve(ranking=(*base, Criterion.RECENTLY_SEEN, Criterion.OLDEST)),
-        "rank-newest": d.evolve(ranking=(*base, Criterion.NEWEST)),
-        "rank-oldest": d.evolve(ranking=(*base, Criterion.OLDEST)),
-        "rank-nearest-ip": d.evolve(
+        "stale-3m": d.evolve(stale_after=timedelta(minutes=3)),
+        "stale-10m": d.evolve(stale_after=timedelta(minutes=10)),
+        "rank-recent": table(ranking=(*base, Criterion.RECENTLY_SEEN, Criterion.NEWEST)),
+        "rank-newest": table(ranking=(*base, Criterion.NEWEST)),
+        "rank-nearest-ip": table(
             ranking=(*base, Criterion.NEAREST_IP, Criterion.RECENTLY_SEEN, Criterion.NEWEST)
         ),
-        "hostname-first": d.evolve(
-            chain=(
-                Rule.WORKER_ID,
-                Rule.ASSIGNMENT,
-                Rule.EXACT_IP,
-                Rule.HOSTNAME,
-                Rule.RECENT_ORPHAN,
+        "no-heartbeats-evidence": table(
+            ranking=tuple(c for c in rules.ranking if c is not Criterion.HEARTBEATS)
+        ),
+        "hostname-first": table(
+            rows=tuple(r for r in rules.rows if r.rule is not Rule.RECENT_ORPHAN) + (orphan,)
+        ),
+        "orphan-unweighed": table(
+            rows=tuple(
+                attrs.evolve(r, weighs_streams=False) if r.rule is Rule.RECENT_ORPHAN else r
+                for r in rules.rows
             )
         ),
-        "orphan-unguarded": d.evolve(orphan_guard=False),
-        "own-stream-off": d.evolve(own_stream=False),
-        "address-rivals-off": d.evolve(address_rivals=False),
-        "shared-liveness-off": d.evolve(shared_liveness=False),
-        "merge-off": d.evolve(merge_gap=None),
-        "merge-5s": d.evolve(merge_gap=timedelta(seconds=5)),
-        "merge-30s": d.evolve(merge_gap=timedelta(seconds=30)),
-        "merge-2m": d.evolve(merge_gap=timedelta(minutes=2)),
-        "tie-break": d.evolve(on_ambiguous=OnAmbiguous.TIE_BREAK),
+        "no-evidence-guard": table(guards=rules.guards - {Guard.EVIDENCE}),
+        "no-keep-alive": without(Effect.KEEP_ALIVE),
+        "no-reconcile": without(Effect.RECONCILE),
+        "no-transfer-on-hostname": without(Effect.TRANSFER_ON_HOSTNAME),
         "skip-ambiguous": d.evolve(on_ambiguous=OnAmbiguous.SKIP_RULE),
     }
     return {name: p.evolve(name=name) for name, p in out.items()}
@@ -1009,6 +1040,8 @@ _COLUMNS = (
     ("mixed", "mixed"),
     ("shared", "shared"),
     ("lost", "lost"),
+    ("misended", "misended"),
+    ("alerts", "alerts"),
     ("ambiguous", "ambiguous"),
     ("wrong", "wrong"),
     ("unflagged", "unflagged"),

@@ -26,12 +26,12 @@ from typing import Any
 
 import attrs
 
-from ._engine import Outcome, apply_event
+from ._decision import Decision, Outcome, choose
+from ._engine import apply_event, run
 from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput
-from ._model import Event, EventKind, Identity, normalize_time
+from ._model import AssignmentStatus, Event, EventKind, Identity, normalize_time
 from ._policy import Policy, Rule
 from ._protocol import WorkerRepository
-from ._rules import Decision, run_chain
 
 __all__ = [
     "MAX_SKEW",
@@ -326,7 +326,9 @@ class ReplayLine:
     or has already finished) is not a bad trace: ``worker`` is ``None``, ``created`` is false,
     ``refused`` holds :attr:`ClaimRefused.reason` (or ``"ambiguous"`` under a policy that
     refuses ambiguous matches), ``rule`` and ``ambiguous`` say what the chain had found, and
-    ``outcome`` is ``None``.  ``decision`` is the full explained decision.
+    ``outcome`` is ``None``.  ``ended`` lists the assignments the request completed or failed
+    (held ends included on the line whose evidence applied them), ``alert`` why an operator
+    should look, or ``None``.  ``decision`` is the full explained decision.
     """
 
     line: int
@@ -334,6 +336,8 @@ class ReplayLine:
     rule: str
     created: bool
     ambiguous: bool
+    ended: tuple[str, ...] = ()
+    alert: str | None = None
     refused: str | None = None
     outcome: Outcome | None = None
     decision: Decision | None = attrs.field(default=None, repr=False, eq=False)
@@ -347,6 +351,8 @@ class ReplayLine:
             "rule": self.rule,
             "created": self.created,
             "ambiguous": self.ambiguous,
+            "ended": list(self.ended),
+            "alert": self.alert,
         }
         if self.refused is not None:
             out["refused"] = self.refused
@@ -370,13 +376,11 @@ def replay(
         try:
             outcome = apply_event(event, record.at, repo, policy, create_assignments=True)
         except ClaimRefused as exc:
-            decision = run_chain(
-                event.identity,
-                record.at,
+            decision = run(
+                choose(
+                    event.identity, record.at, policy, event.kind, claiming=event.assignment_id
+                ),
                 repo,
-                policy,
-                policy.chain_for(event.kind),
-                claiming=event.assignment_id,
             )
             yield ReplayLine(
                 line=record.line,
@@ -406,6 +410,8 @@ def replay(
             rule=outcome.rule.value,
             created=outcome.created,
             ambiguous=outcome.ambiguous,
+            ended=outcome.ended,
+            alert=None if outcome.alert is None else outcome.alert.value,
             outcome=outcome,
             decision=outcome.decision,
         )
@@ -421,15 +427,18 @@ def final_state(repo: WorkerRepository, now: datetime, policy: Policy) -> dict[s
     """The store's workers and assignments, as the final line of a replay prints them.
 
     ``{"workers": [{"id", "ip", "hostname", "status", "stale", "merged_into"}, ...],
-    "assignments": [{"id", "status", "worker"}, ...]}``, keys in that order, both lists sorted
-    by id with digit runs compared as numbers (``w2`` before ``w10``; creation order for the
-    ids of a replay).  ``stale`` is :meth:`Worker.is_stale_at` at ``now`` under ``policy``
+    "assignments": [{"id", "status", "worker"}, ...], "pending": [{"assignment",
+    "candidates"}, ...]}``, keys in that order, the lists sorted by id with digit runs compared
+    as numbers (``w2`` before ``w10``; creation order for the ids of a replay).  ``pending``
+    lists each RUNNING assignment whose end is held for want of evidence, with the workers that
+    could have asked for it.  ``stale`` is :meth:`Worker.is_stale_at` at ``now`` under ``policy``
     (a replay passes the latest ``at`` of the trace): flagged, merged, or silent past
     ``policy.stale_after``.  Hostnames are in canonical form (lower case).
     """
     now = normalize_time(now)
     workers = sorted(repo.all_workers(), key=lambda w: _natural_key(w.id))
     assignments = sorted(repo.all_assignments(), key=lambda a: _natural_key(a.id))
+    held = {w.id: w.held_end for w in workers if w.held_end is not None}
     return {
         "workers": [
             {
@@ -444,5 +453,10 @@ def final_state(repo: WorkerRepository, now: datetime, policy: Policy) -> dict[s
         ],
         "assignments": [
             {"id": a.id, "status": a.status.value, "worker": a.worker_id} for a in assignments
+        ],
+        "pending": [
+            {"assignment": a.id, "candidates": list(held[a.worker_id].candidates)}
+            for a in assignments
+            if a.status is AssignmentStatus.RUNNING and a.worker_id in held
         ],
     }

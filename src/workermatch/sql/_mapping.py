@@ -30,6 +30,19 @@ WORKER_FIELDS = (
     "assignment_id",
     "ended_at",
     "merged_into",
+    "hostname_seen",
+    "contested",
+    "held_end",
+)
+#: The nullable worker fields a mapping of someone else's tables can have the library add.
+ADDABLE_WORKER_FIELDS = (
+    "hostname",
+    "assignment_id",
+    "ended_at",
+    "merged_into",
+    "hostname_seen",
+    "contested",
+    "held_end",
 )
 ASSIGNMENT_FIELDS = ("id", "status", "worker_id", "started_at", "ended_at")
 
@@ -157,10 +170,10 @@ class TableMapping:
     @added_worker_columns.validator
     def _check_added(self, _: object, value: tuple[str, ...]) -> None:
         for field in value:
-            if field not in ("hostname", "assignment_id", "ended_at", "merged_into"):
+            if field not in ADDABLE_WORKER_FIELDS:
                 raise InvalidInput(
                     f"added_worker_columns: {field!r} is not a nullable field the library can "
-                    "add (hostname, assignment_id, ended_at, merged_into)",
+                    f"add ({', '.join(ADDABLE_WORKER_FIELDS)})",
                     field="added_worker_columns",
                     value=field,
                 )
@@ -198,6 +211,9 @@ PRISMA_MAPPING = TableMapping(
         "assignment_id": "wmAssignmentId",
         "ended_at": "wmSessionEndedAt",
         "merged_into": "wmMergedInto",
+        "hostname_seen": "wmHostnameSeenAt",
+        "contested": "wmContested",
+        "held_end": "wmHeldEnd",
     },
     assignment_columns={
         "worker_id": "workerId",
@@ -210,11 +226,18 @@ PRISMA_MAPPING = TableMapping(
     worker_updated_at="updatedAt",
     assignment_updated_at="updatedAt",
     owns_tables=False,
-    added_worker_columns=("assignment_id", "ended_at", "merged_into"),
+    added_worker_columns=(
+        "assignment_id",
+        "ended_at",
+        "merged_into",
+        "hostname_seen",
+        "contested",
+        "held_end",
+    ),
     index_prefix="workers_wm",
 )
 """The real system's Prisma schema (tables ``workers`` and ``assignments``, camelCase columns,
 enum types ``"WorkerStatus"`` and ``"AssignmentStatus"``).  The library's session fields live in
-three nullable columns it adds to ``workers``: ``"wmAssignmentId"``, ``"wmSessionEndedAt"`` and
-``"wmMergedInto"``.  An assignment the library inserts (replays only) gets ``"superStudyId"``
+six nullable columns it adds to ``workers``: ``"wmAssignmentId"``, ``"wmSessionEndedAt"``,
+``"wmMergedInto"``, ``"wmHostnameSeenAt"``, ``"wmContested"`` and ``"wmHeldEnd"``.  An assignment the library inserts (replays only) gets ``"superStudyId"``
 ``'workermatch'`` and ``"index"`` 0; ``"updatedAt"`` is set on every write."""

@@ -20,6 +20,7 @@ once, then run on the driver's cursor (:meth:`SQLWorkerRepository._raw`).
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import threading
 import time
@@ -53,6 +54,9 @@ _PLAIN_DRIVERS = {
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
 }
+
+
+_ADDED_SINCE_0_1 = ("hostname_seen", "contested", "held_end")
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -214,6 +218,8 @@ class SQLWorkerRepository:
             insp = sa.inspect(conn)
             if self.mapping.owns_tables:
                 self._t.metadata.create_all(conn, checkfirst=True)
+                # Tables made by an earlier version lack the columns added since.
+                self._add_missing(conn, sa.inspect(conn), _ADDED_SINCE_0_1)
             else:
                 self._add_columns(conn, insp)
             insp = sa.inspect(conn)
@@ -228,14 +234,13 @@ class SQLWorkerRepository:
 
         self._ddl(run)
 
-    def _add_columns(self, conn: Connection, insp: sa.Inspector) -> None:
-        schema = self.mapping.schema
-        for table in (self._t.workers, self._t.assignments):
-            if not insp.has_table(table.name, schema=schema):
-                raise StorageError(f"table {table.fullname!r} does not exist")
-        present = {c["name"] for c in insp.get_columns(self._t.workers.name, schema=schema)}
+    def _add_missing(self, conn: Connection, insp: sa.Inspector, fields: Sequence[str]) -> None:
+        """Add the nullable worker columns of ``fields`` that the workers table lacks."""
+        present = {
+            c["name"] for c in insp.get_columns(self._t.workers.name, schema=self.mapping.schema)
+        }
         prep = conn.dialect.identifier_preparer
-        for field in self.mapping.added_worker_columns:
+        for field in fields:
             col = self._t.w[field]
             if col.name in present:
                 continue
@@ -244,6 +249,13 @@ class SQLWorkerRepository:
                 f"ALTER TABLE {prep.format_table(self._t.workers)} "
                 f"ADD COLUMN {prep.format_column(col)} {ddl_type} NULL"
             )
+
+    def _add_columns(self, conn: Connection, insp: sa.Inspector) -> None:
+        schema = self.mapping.schema
+        for table in (self._t.workers, self._t.assignments):
+            if not insp.has_table(table.name, schema=schema):
+                raise StorageError(f"table {table.fullname!r} does not exist")
+        self._add_missing(conn, insp, self.mapping.added_worker_columns)
         for table, wanted in (
             (self._t.workers, self._t.w.values()),
             (self._t.assignments, self._t.a.values()),
@@ -646,7 +658,8 @@ class SQLWorkerRepository:
         return self._read(what, run)
 
     def _worker(self, row: Sequence[Any]) -> Worker:
-        (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row
+        (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row[:10]
+        hostname_seen, contested, held_end = row[10:13]
         try:
             return Worker(
                 id=wid,
@@ -659,8 +672,11 @@ class SQLWorkerRepository:
                 assignment_id=aid,
                 ended_at=_from_db(ended_at),
                 merged_into=merged,
+                hostname_seen=_from_db(hostname_seen),
+                contested=() if contested is None else json.loads(contested),
+                held_end=held_end,
             )
-        except (KeyError, InvalidInput) as exc:
+        except (KeyError, ValueError, InvalidInput) as exc:
             raise StorageError(f"worker row {wid!r} cannot be read: {exc!r}") from exc
 
     def _assignment(self, row: Sequence[Any]) -> Assignment:
@@ -689,6 +705,9 @@ class SQLWorkerRepository:
             c["assignment_id"].name: w.assignment_id,
             c["ended_at"].name: w.ended_at,
             c["merged_into"].name: w.merged_into,
+            c["hostname_seen"].name: w.hostname_seen,
+            c["contested"].name: json.dumps(list(w.contested)) if w.contested else None,
+            c["held_end"].name: None if w.held_end is None else w.held_end.to_json(),
         }
 
     def _assignment_values(self, a: Assignment) -> dict[str, Any]:

@@ -99,6 +99,10 @@ def build_tables(mapping: TableMapping) -> Tables:
         "assignment_id": sa.Column(wc["assignment_id"], id_type, nullable=True),
         "ended_at": sa.Column(wc["ended_at"], UTCDateTime(), nullable=True),
         "merged_into": sa.Column(wc["merged_into"], id_type, nullable=True),
+        "hostname_seen": sa.Column(wc["hostname_seen"], UTCDateTime(), nullable=True),
+        # JSON text: the contested worker's candidates, and a held end (HeldEnd.to_json()).
+        "contested": sa.Column(wc["contested"], sa.Text(), nullable=True),
+        "held_end": sa.Column(wc["held_end"], sa.Text(), nullable=True),
     }
     assert tuple(worker_cols) == WORKER_FIELDS
     extra_w: list[sa.Column[Any]] = []

@@ -12,7 +12,8 @@ from typing import Any, cast
 
 import attrs
 
-from .._engine import Outcome, apply_event, sweep
+from .._decision import Outcome
+from .._engine import apply_event, sweep
 from .._errors import AmbiguousMatch, ClaimRefused, StorageError, WorkermatchError
 from .._memory import InMemoryWorkerRepository, sequential_ids
 from .._model import Assignment, Event, Worker

@@ -30,6 +30,16 @@ from .._model import (
     Worker,
     WorkerStatus,
 )
+from .._decision import (
+    DEFAULT_RULES,
+    LEGACY_RULES,
+    NOTE_RULES,
+    Criterion,
+    Effect,
+    Guard,
+    Rule,
+    Rules,
+)
 from .._policy import DEFAULT_POLICY, LEGACY_POLICY, NOTE_POLICY, OnAmbiguous, Policy
 
 __all__ = [
@@ -44,6 +54,7 @@ __all__ = [
     "identities",
     "ip_addresses",
     "policies",
+    "rule_tables",
     "workers",
 ]
 
@@ -298,6 +309,32 @@ def assignments(
     )
 
 
+@st.composite
+def _rule_tables(draw: st.DrawFn) -> Rules:
+    base = draw(st.sampled_from([DEFAULT_RULES, NOTE_RULES, LEGACY_RULES]))
+    criteria = draw(st.permutations(list(Criterion)))
+    keep = draw(st.integers(1, len(criteria)))
+    rows = tuple(
+        attrs.evolve(r, weighs_streams=draw(st.booleans()))
+        if r.rule is Rule.RECENT_ORPHAN
+        else r
+        for r in base.rows
+    )
+    return attrs.evolve(
+        base,
+        name="drawn",
+        rows=rows,
+        ranking=tuple(criteria[:keep]),
+        guards=draw(st.frozensets(st.sampled_from(list(Guard)))),
+        effects=draw(st.frozensets(st.sampled_from(list(Effect)))),
+    )
+
+
+def rule_tables() -> st.SearchStrategy[Rules]:
+    """Rule tables: a shipped table with any combination of guards, effects and ranking."""
+    return _rule_tables()
+
+
 def policies(*, shipped_only: bool = False) -> st.SearchStrategy[Policy]:
     """Policies: the shipped ones, and (unless ``shipped_only``) variations of the default."""
     _check_bool("shipped_only", shipped_only)
@@ -312,15 +349,8 @@ def policies(*, shipped_only: bool = False) -> st.SearchStrategy[Policy]:
         quiet_period=secs,
         hostname_window=secs,
         ended_grace=st.none() | secs,
-        merge_gap=st.none() | secs,
-        orphan_guard=st.booleans(),
-        own_stream=st.booleans(),
-        address_rivals=st.booleans(),
-        shared_liveness=st.booleans(),
-        hostname_veto=st.booleans(),
-        sessions=st.booleans(),
-        transfer_stale=st.booleans(),
         on_ambiguous=st.sampled_from([OnAmbiguous.TIE_BREAK, OnAmbiguous.SKIP_RULE]),
+        rules=rule_tables(),
     )
     return shipped | varied
 

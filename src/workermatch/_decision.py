@@ -1,0 +1,1659 @@
+"""The decision: which worker a request belongs to, and everything the request writes.
+
+Read this module top to bottom; it is the whole of the library's judgement.
+
+1. **Queries.**  The decision does no I/O.  It is written as generators that *yield* the reads
+   they need (:class:`Query`, one method of :class:`~workermatch.WorkerRepository` and its
+   arguments) and receive the answers, so one decision runs under any driver: ``_engine`` runs
+   it against a synchronous repository; an asynchronous driver awaits the same queries.
+2. **The rule table.**  A :class:`Rules` value holds the rows of the priority chain (each row: the
+   rule, the event kinds it serves, its candidate query and what it weighs), the ranking that
+   orders a rule's candidates, the guards that keep one machine's request off another machine's
+   record, and the effects a request has beyond its placement.  Three tables ship:
+   :data:`DEFAULT_RULES`, :data:`NOTE_RULES` (the design note to the letter) and
+   :data:`LEGACY_RULES` (the code before the note).  A policy picks one.
+3. **Evidence and doubt.**  Candidates are ranked by evidence (does the hostname agree? has the
+   session ended? do the machine's heartbeats still arrive? does it run work?) and then by a
+   tie-break.  Candidates the evidence cannot separate are a *doubt*: the decision is
+   ``ambiguous``.  A request may be *placed* under doubt (the tie-break picks; the worker
+   becomes *contested*; an alert is raised once per new doubt), but no irreversible write rests
+   on a tie-break: an end is held until evidence arrives, a claim starts its own worker, a
+   transfer and a merge need one clear candidate.
+4. **Placement**: :func:`choose` walks the table and returns the :class:`Decision`.
+5. **Writes**: :func:`decide` turns an event into an :class:`Outcome`: the decision, then the
+   claim, the revival of a hinted worker, reconciliation, transfers, session ends (applied or
+   held) and the writes that do all of it.
+
+Nothing here knows a clock (``now`` is passed in) or a store (only the queries).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable, Generator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import attrs
+
+from ._errors import AmbiguousMatch, ClaimRefused
+from ._model import (
+    Assignment,
+    AssignmentStatus,
+    Event,
+    EventKind,
+    HeldEnd,
+    Identity,
+    Worker,
+    WorkerStatus,
+)
+from ._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+
+if TYPE_CHECKING:
+    from ._policy import Policy
+
+__all__ = [
+    "DEFAULT_RULES",
+    "LEGACY_RULES",
+    "NOTE_RULES",
+    "Candidate",
+    "Criterion",
+    "Decision",
+    "Effect",
+    "Guard",
+    "OnAmbiguous",
+    "OrphanCondition",
+    "Outcome",
+    "Query",
+    "Row",
+    "Rule",
+    "RuleReport",
+    "Rules",
+    "Verdict",
+    "choose",
+    "decide",
+]
+
+T = TypeVar("T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FINISHED = "finished"
+FATAL_ERROR = "fatal_error"
+NEW_WORKER = "(new)"
+"""The placeholder id :func:`~workermatch.plan` gives a worker it would create."""
+
+
+# ============================================================================================
+# 1. Queries
+
+
+@attrs.frozen
+class Query:
+    """One read the decision needs: ``method`` of the repository, called with ``args``."""
+
+    method: str
+    args: tuple[Any, ...]
+
+
+Ask: TypeAlias = Generator[Query, Any, T]
+"""A computation that yields queries and returns a ``T``."""
+
+
+def _get_worker(worker_id: str) -> Ask[Worker | None]:
+    return (yield Query("get_worker", (worker_id,)))  # type: ignore[no-any-return]
+
+
+def _get_assignment(assignment_id: str) -> Ask[Assignment | None]:
+    return (yield Query("get_assignment", (assignment_id,)))  # type: ignore[no-any-return]
+
+
+def _by_ip(ip: str, seen_since: datetime) -> Ask[list[Worker]]:
+    return list((yield Query("live_workers_by_ip", (ip, seen_since))))
+
+
+def _by_hostname(hostname: str, seen_since: datetime) -> Ask[list[Worker]]:
+    return list((yield Query("live_workers_by_hostname", (hostname, seen_since))))
+
+
+def _recent_running(created_since: datetime, seen_since: datetime) -> Ask[list[Worker]]:
+    return list((yield Query("recent_running_workers", (created_since, seen_since))))
+
+
+def _stale_running(ip: str, hostname: str | None, seen_before: datetime) -> Ask[list[Worker]]:
+    return list((yield Query("stale_running_workers", (ip, hostname, seen_before))))
+
+
+def _running_of(worker_ids: Sequence[str]) -> Ask[list[Assignment]]:
+    if not worker_ids:
+        return []
+    return list((yield Query("running_assignments_of", (tuple(worker_ids),))))
+
+
+# ============================================================================================
+# 2. The rule table: its vocabulary, then the rows' candidate queries, then the three tables.
+
+
+class Rule(str, enum.Enum):
+    """The rules of the priority chain, and the ``rule`` a decision reports."""
+
+    WORKER_ID = "worker_id"
+    """Strong hint: the request names a worker id handed out earlier."""
+    ASSIGNMENT = "assignment"
+    """Strong hint: the request names the RUNNING assignment it works on."""
+    EXACT_IP = "exact_ip"
+    """A live worker with the request's IP."""
+    RECENT_ORPHAN = "recent_orphan"
+    """A recently created worker with a RUNNING assignment that nothing else feeds."""
+    HOSTNAME = "hostname"
+    """A live worker with the request's hostname, seen recently."""
+    CREATED = "created"
+    """No rule matched: a new worker is created."""
+
+    def __repr__(self) -> str:
+        return f"Rule.{self.name}"
+
+
+class Criterion(str, enum.Enum):
+    """One step of the order that ranks several candidates of one rule (best first).
+
+    The first four are *evidence*: candidates that differ on one of them can be told apart.
+    The others only break ties: candidates that differ on nothing else are a doubt.
+    """
+
+    LIVE_SESSION = "live_session"
+    """A candidate whose session runs on ranks above one whose session ended (or whose end is
+    held for want of evidence)."""
+    HOSTNAME_AGREES = "hostname_agrees"
+    """A candidate whose hostname equals the request's ranks above one whose hostname is unknown."""
+    HEARTBEATS = "heartbeats"
+    """A candidate whose machine's heartbeats (requests carrying its hostname) still arrive
+    ranks above one whose heartbeats stopped more than two quiet periods ago."""
+    HOLDS_RUNNING = "holds_running"
+    """A candidate holding a RUNNING assignment ranks above one that does not."""
+    RECENTLY_SEEN = "recently_seen"
+    """Tie-break: the most recently seen candidate ranks first."""
+    NEAREST_IP = "nearest_ip"
+    """Tie-break: the candidate whose IP shares the longest prefix with the request's ranks first."""
+    NEWEST = "newest"
+    """Tie-break: the most recently created candidate ranks first."""
+    OLDEST = "oldest"
+    """Tie-break: the earliest created candidate ranks first ("first match wins")."""
+
+    @property
+    def is_evidence(self) -> bool:
+        """Whether candidates that differ on this criterion can be told apart."""
+        return self in _EVIDENCE
+
+    def __repr__(self) -> str:
+        return f"Criterion.{self.name}"
+
+
+_EVIDENCE = frozenset(
+    {
+        Criterion.LIVE_SESSION,
+        Criterion.HOSTNAME_AGREES,
+        Criterion.HEARTBEATS,
+        Criterion.HOLDS_RUNNING,
+    }
+)
+
+
+class OrphanCondition(str, enum.Enum):
+    """When a recent worker with a RUNNING assignment counts as an orphan (rule 3)."""
+
+    NO_HOSTNAME_OR_QUIET = "no_hostname_or_quiet"
+    """No hostname yet, or quiet for ``quiet_period`` (what the real system kept)."""
+    QUIET = "quiet"
+    """It has been quiet for ``quiet_period`` (the design note as written)."""
+    ANY = "any"
+    """Any recent worker with a RUNNING assignment (the pre-note gui-update endpoint)."""
+
+    def __repr__(self) -> str:
+        return f"OrphanCondition.{self.name}"
+
+
+class OnAmbiguous(str, enum.Enum):
+    """What to do when the evidence cannot separate the winning rule's candidates."""
+
+    TIE_BREAK = "tie_break"
+    """Place the request on the best-ranked candidate (flagged ``ambiguous``, the worker
+    contested); irreversible writes still wait for evidence where the table guards them."""
+    SKIP_RULE = "skip_rule"
+    """Pass over the rule as if it had found nothing (prefer a duplicate to a guess)."""
+    REFUSE = "refuse"
+    """Raise :class:`~workermatch.AmbiguousMatch`; nothing is written."""
+
+    def __repr__(self) -> str:
+        return f"OnAmbiguous.{self.name}"
+
+
+class Guard(str, enum.Enum):
+    """What keeps one machine's request off another machine's or session's record."""
+
+    HOSTNAME_VETO = "hostname_veto"
+    """A worker whose hostname is known never matches a request with a different hostname."""
+    SESSIONS = "sessions"
+    """A claim never joins a worker that holds or held another assignment, a repeated claim is
+    idempotent, and a claim of an assignment RUNNING on another live worker (or finished) is
+    refused.  Without it the last claimer wins."""
+    EVIDENCE = "evidence"
+    """No irreversible write rests on a tie-break: a session end in doubt is held until
+    evidence arrives, a claim in doubt starts its own worker, a transfer in doubt waits."""
+
+    def __repr__(self) -> str:
+        return f"Guard.{self.name}"
+
+
+class Effect(str, enum.Enum):
+    """What a request does beyond its placement."""
+
+    TRANSFER_ON_CREATE = "transfer_on_create"
+    """A worker created by a request other than a claim takes the RUNNING assignments of stale
+    workers with its IP or hostname (a machine back from an outage gets its work back)."""
+    TRANSFER_ON_CLAIM = "transfer_on_claim"
+    """The same when a claim creates the worker (the design note's chain serves every route)."""
+    TRANSFER_ON_HOSTNAME = "transfer_on_hostname"
+    """A worker that learns its hostname takes the RUNNING assignments of stale workers with
+    that hostname: after an outage on a new address the work follows the machine as soon as it
+    identifies itself, whatever kind its first request was."""
+    RECONCILE = "reconcile"
+    """A duplicate revealed by its hostname is merged into the worker it duplicates (a mid-run
+    address change first seen on an update; the start-up race)."""
+    KEEP_ALIVE = "keep_alive"
+    """A request without hostname placed in doubt at a shared address keeps the address's other
+    hostname-less candidates alive (at most once per quiet period): it proves that one of them
+    lives, not which."""
+
+    def __repr__(self) -> str:
+        return f"Effect.{self.name}"
+
+
+@attrs.frozen
+class _Ctx:
+    identity: Identity
+    now: datetime
+    policy: Policy
+    claiming: str | None
+
+    @property
+    def rules(self) -> Rules:
+        return self.policy.rules
+
+    @property
+    def live_since(self) -> datetime:
+        return self.now - self.policy.stale_after
+
+    def guarded(self, guard: Guard) -> bool:
+        return guard in self.policy.rules.guards
+
+    def does(self, effect: Effect) -> bool:
+        return effect in self.policy.rules.effects
+
+
+@attrs.frozen(kw_only=True)
+class _Found:
+    """A row's answer: its candidates, those it rejected itself, and what it looked at."""
+
+    workers: list[Worker]
+    rejected: list[Candidate]
+    detail: str
+    revive: bool = False
+    """The candidates may be stale: a hint brings its worker back."""
+
+
+_Find: TypeAlias = Callable[["_Ctx", "Row"], "Ask[_Found | str]"]
+
+
+def _find_worker_id(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+    hint = ctx.identity.worker_id
+    if hint is None:
+        return "the request carries no worker_id hint"
+    worker = yield from _get_worker(hint)
+    hops = 0
+    while worker is not None and worker.merged_into is not None and hops < 16:
+        hops += 1
+        worker = yield from _get_worker(worker.merged_into)
+    detail = f"the hint names worker {hint}"
+    if worker is None:
+        reject = Candidate(worker_id=hint, verdict=Verdict.REJECTED, reason="no such worker")
+        return _Found(workers=[], rejected=[reject], detail=detail)
+    if worker.id != hint:
+        detail += f", merged into {worker.id}"
+    return (yield from _hinted(ctx, worker, detail))
+
+
+def _find_assignment(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+    hint = ctx.identity.assignment_id
+    if hint is None:
+        return "the request carries no assignment hint"
+    detail = f"the hint names assignment {hint}"
+    assignment = yield from _get_assignment(hint)
+    if assignment is None:
+        return _Found(workers=[], rejected=[], detail=detail + ", which does not exist")
+    if assignment.status is not AssignmentStatus.RUNNING:
+        return _Found(
+            workers=[], rejected=[], detail=detail + f", which is {assignment.status.value}"
+        )
+    if assignment.worker_id is None:
+        return _Found(workers=[], rejected=[], detail=detail + ", held by no worker")
+    worker = yield from _get_worker(assignment.worker_id)
+    if worker is None:
+        return _Found(
+            workers=[], rejected=[], detail=detail + f", whose holder {assignment.worker_id} "
+            "does not exist"
+        )
+    return (yield from _hinted(ctx, worker, detail + f", RUNNING on {worker.id}"))
+
+
+def _hinted(ctx: _Ctx, worker: Worker, detail: str) -> Ask[_Found]:
+    """A hint's worker: taken even when stale, as long as its session has not ended."""
+    stale = worker.is_stale_at(ctx.now, ctx.policy.stale_after)
+    if stale and worker.ended_at is not None:
+        return _Found(workers=[], rejected=[_stale(worker, ctx)], detail=detail)
+    if stale and worker.merged_into is None:
+        detail += "; it went stale, and the hint brings it back"
+    return _Found(workers=[worker], rejected=[], detail=detail, revive=stale)
+    yield  # pragma: no cover - makes this a generator
+
+
+def _find_exact_ip(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+    found = yield from _by_ip(ctx.identity.ip, ctx.live_since)
+    return _Found(workers=found, rejected=[], detail=f"live workers with ip {ctx.identity.ip}")
+
+
+def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+    policy, now = ctx.policy, ctx.now
+    if ctx.claiming is not None and ctx.guarded(Guard.SESSIONS):
+        return "a claim starts its own session; it never adopts another claim's worker"
+    found: list[Worker] = []
+    rejected: list[Candidate] = []
+    for w in (yield from _recent_running(now - policy.orphan_window, ctx.live_since)):
+        quiet = now - w.last_seen > policy.quiet_period
+        cond = row.orphans
+        if (
+            cond is OrphanCondition.ANY
+            or quiet
+            or (cond is OrphanCondition.NO_HOSTNAME_OR_QUIET and w.hostname is None)
+        ):
+            found.append(w)
+        else:
+            why = "has a hostname and " if cond is OrphanCondition.NO_HOSTNAME_OR_QUIET else ""
+            rejected.append(
+                Candidate(
+                    worker_id=w.id,
+                    verdict=Verdict.REJECTED,
+                    reason=f"{why}was seen {_age(now, w.last_seen)} ago, within the quiet "
+                    f"period of {_span(policy.quiet_period)}: another live stream feeds it",
+                )
+            )
+    detail = f"workers with a RUNNING assignment created within {_span(policy.orphan_window)}"
+    if not found or ctx.claiming is not None or not row.weighs_streams:
+        return _Found(workers=found, rejected=rejected, detail=detail)
+    # The live running streams weigh against an orphan: after an address change, the request may
+    # come from one of those machines rather than from the orphan's.
+    host = ctx.identity.hostname
+    if host is not None:
+        # A heartbeat from a new address: its own machine's live stream, when exactly one live
+        # running worker of an unended session has its hostname and was fed lately, competes
+        # with the orphans (and its hostname agrees).  Two such workers (clones) prove nothing.
+        fed_since = max(ctx.live_since, now - policy.quiet_period)
+        own = [
+            w
+            for w in (yield from _by_hostname(host, fed_since))
+            if w.ended_at is None and w.status is WorkerStatus.RUNNING
+        ]
+        eligible = [w for w in found if _ineligible(w, ctx) is None]
+        if len(own) == 1 and eligible and all(w.id != own[0].id for w in found):
+            found.append(own[0])
+            rejected = [c for c in rejected if c.worker_id != own[0].id]
+            detail += (
+                f", and {own[0].id}, the one live worker of hostname {host}, fed within "
+                f"{_span(policy.quiet_period)}: its machine may have changed address"
+            )
+        return _Found(workers=found, rejected=rejected, detail=detail)
+    # A request without hostname: while another machine's stream (a worker with a hostname and
+    # a RUNNING assignment) was fed within the quiet period, the request may be that machine's
+    # first one from a new address.  A duplicate can be reconciled later; a hijack cannot.
+    rivals = yield from _fed_streams(ctx, {w.id for w in found})
+    if not rivals:
+        return _Found(workers=found, rejected=rejected, detail=detail)
+    names = ", ".join(rivals[:3]) + (" and others" if len(rivals) > 3 else "")
+    why = (
+        f"the request carries no hostname and {names} "
+        f"{'was' if len(rivals) == 1 else 'were'} fed within the quiet period of "
+        f"{_span(policy.quiet_period)}: the request may come from "
+        f"{'that machine' if len(rivals) == 1 else 'one of those machines'} after an address "
+        "change (a duplicate is reconciled later, a hijack is not)"
+    )
+    rejected += [Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why) for w in found]
+    return _Found(workers=[], rejected=rejected, detail=detail)
+
+
+# How far back, by creation time, _fed_streams looks in turn: it needs one stream, not all, and
+# a busy fleet has one among its recent claims, so the search usually stops at the first window.
+_STREAM_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=30))
+
+
+def _fed_streams(ctx: _Ctx, orphans: set[str]) -> Ask[list[str]]:
+    """Live workers with a hostname and a RUNNING assignment of an unended session, fed within
+    the quiet period: machines that could send a request without hostname from a new address.
+    Those of the newest creation-time window that has any (sorted), or ``[]``."""
+    seen_since = max(ctx.live_since, ctx.now - ctx.policy.quiet_period)
+    windows = {ctx.now - ctx.policy.orphan_window, *(ctx.now - w for w in _STREAM_WINDOWS)}
+    for created_since in [*sorted(windows, reverse=True), _EPOCH]:
+        found = sorted(
+            w.id
+            for w in (yield from _recent_running(created_since, seen_since))
+            if w.id not in orphans and w.hostname is not None and w.ended_at is None
+        )
+        if found:
+            return found
+    return []
+
+
+def _find_hostname(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+    hostname = ctx.identity.hostname
+    if hostname is None:
+        return "the request carries no hostname"
+    window = ctx.policy.hostname_window
+    found = yield from _by_hostname(hostname, max(ctx.live_since, ctx.now - window))
+    return _Found(
+        workers=found,
+        rejected=[],
+        detail=f"live workers with hostname {hostname} seen within {_span(window)}",
+    )
+
+
+_FINDERS: dict[Rule, _Find] = {
+    Rule.WORKER_ID: _find_worker_id,
+    Rule.ASSIGNMENT: _find_assignment,
+    Rule.EXACT_IP: _find_exact_ip,
+    Rule.RECENT_ORPHAN: _find_recent_orphan,
+    Rule.HOSTNAME: _find_hostname,
+}
+
+_ALL_KINDS = frozenset(EventKind)
+
+
+def _c_kinds(value: object) -> frozenset[EventKind]:
+    return frozenset(EventKind(v) for v in value)  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class Row:
+    """One row of a rule table: a rule, the event kinds it serves, and how it finds and weighs
+    its candidates.  Taking a candidate updates its address (and its hostname when unknown);
+    a hint row's candidate comes back from staleness."""
+
+    rule: Rule
+    kinds: frozenset[EventKind] = attrs.field(default=_ALL_KINDS, converter=_c_kinds)
+    orphans: OrphanCondition = OrphanCondition.NO_HOSTNAME_OR_QUIET
+    """Rule 3 only: which recent workers with a RUNNING assignment count as orphans."""
+    weighs_streams: bool = False
+    """Rule 3 only: weigh the live running streams against the orphans (a heartbeat's own
+    machine may have moved; a request without hostname may come from a machine that moved)."""
+
+    @property
+    def asks(self) -> str:
+        """What the row's candidate query asks, in words (the docs' table is made from it)."""
+        return _ASKS[self.rule]
+
+    def find(self, ctx: _Ctx) -> Ask[_Found | str]:
+        return _FINDERS[self.rule](ctx, self)
+
+
+_ASKS = {
+    Rule.WORKER_ID: "the worker the hint names (following merges), stale or not, unless its "
+    "session ended",
+    Rule.ASSIGNMENT: "the holder of the RUNNING assignment the hint names, stale or not",
+    Rule.EXACT_IP: "live workers with the request's IP",
+    Rule.RECENT_ORPHAN: "live workers created within orphan_window that hold a RUNNING "
+    "assignment and are not fed by another stream",
+    Rule.HOSTNAME: "live workers with the request's hostname seen within hostname_window",
+}
+
+
+@attrs.frozen(kw_only=True)
+class Rules:
+    """A rule table: the rows of the chain in order, the ranking of one rule's candidates, the
+    guards and the effects.  ``workermatch rules`` and ``docs/how-it-decides.md`` print it."""
+
+    name: str
+    rows: tuple[Row, ...]
+    ranking: tuple[Criterion, ...]
+    guards: frozenset[Guard] = frozenset()
+    effects: frozenset[Effect] = frozenset()
+
+    def chain_for(self, kind: EventKind) -> tuple[Rule, ...]:
+        """The rules a request of ``kind`` goes through, in order (creating a worker ends it)."""
+        return tuple(r.rule for r in self.rows if kind in r.kinds)
+
+    def row(self, rule: Rule) -> Row:
+        """The row of ``rule``."""
+        for r in self.rows:
+            if r.rule is rule:
+                return r
+        raise KeyError(rule)
+
+
+DEFAULT_RULES = Rules(
+    name="default",
+    rows=(
+        Row(rule=Rule.WORKER_ID),
+        Row(rule=Rule.ASSIGNMENT),
+        Row(rule=Rule.EXACT_IP),
+        Row(rule=Rule.RECENT_ORPHAN, weighs_streams=True),
+        Row(rule=Rule.HOSTNAME),
+    ),
+    ranking=(
+        # A live session outranks an ended one before hostnames are compared: the next batch
+        # session's first heartbeat must join the new session's claim worker, not the ended
+        # worker whose hostname is already known.
+        Criterion.LIVE_SESSION,
+        Criterion.HOSTNAME_AGREES,
+        Criterion.HEARTBEATS,
+        Criterion.HOLDS_RUNNING,
+        # Among workers that cannot be told apart, first come, first served.
+        Criterion.OLDEST,
+    ),
+    guards=frozenset(Guard),
+    effects=frozenset(Effect) - {Effect.TRANSFER_ON_CLAIM},
+)
+"""The library's table: hints first, then exact IP, recent orphan, hostname; every guard."""
+
+NOTE_RULES = Rules(
+    name="note",
+    rows=(
+        Row(rule=Rule.EXACT_IP),
+        Row(rule=Rule.RECENT_ORPHAN, orphans=OrphanCondition.QUIET),
+        Row(rule=Rule.HOSTNAME),
+    ),
+    ranking=(Criterion.OLDEST,),
+    effects=frozenset({Effect.TRANSFER_ON_CREATE, Effect.TRANSFER_ON_CLAIM}),
+)
+"""The design note to the letter: exact IP, a recent worker quiet for 30 s, hostname, create
+and transfer, on every route (the claim's included); first match wins; no guard."""
+
+LEGACY_RULES = Rules(
+    name="legacy",
+    rows=(
+        Row(rule=Rule.EXACT_IP),
+        Row(rule=Rule.RECENT_ORPHAN, kinds={EventKind.GUI_UPDATE}, orphans=OrphanCondition.ANY),
+        Row(rule=Rule.HOSTNAME, kinds={EventKind.HEARTBEAT}),
+    ),
+    ranking=(Criterion.OLDEST,),
+    effects=frozenset({Effect.TRANSFER_ON_CREATE, Effect.TRANSFER_ON_CLAIM}),
+)
+"""The per-endpoint code before the note's fix: every route matches by IP or creates;
+heartbeat falls back on the hostname, gui-update on any recent worker holding a RUNNING
+assignment; a new worker takes the RUNNING assignments of stale workers with its IP or
+hostname; no guard (the last claimer wins)."""
+
+
+# ============================================================================================
+# 3. Evidence and doubt
+
+
+class Verdict(str, enum.Enum):
+    """What became of one candidate."""
+
+    TAKEN = "taken"
+    """The request resolves to this worker."""
+    OUTRANKED = "outranked"
+    """A candidate of the winning rule that ranked lower than the one taken."""
+    REJECTED = "rejected"
+    """Found by the rule's query, but not eligible (the reason says why)."""
+    PASSED_OVER = "passed_over"
+    """Eligible, but the rule was passed over as ambiguous (``OnAmbiguous.SKIP_RULE``)."""
+
+    def __repr__(self) -> str:
+        return f"Verdict.{self.name}"
+
+
+@attrs.frozen(kw_only=True)
+class Candidate:
+    """One worker a rule looked at, and what became of it."""
+
+    worker_id: str
+    verdict: Verdict
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class RuleReport:
+    """What one rule of the chain saw."""
+
+    rule: Rule
+    outcome: str
+    """One of ``"matched"``, ``"no candidates"``, ``"not applicable"``, ``"passed over"``,
+    ``"not reached"``."""
+    detail: str
+    candidates: tuple[Candidate, ...] = ()
+
+
+def _stale(worker: Worker, ctx: _Ctx) -> Candidate:
+    if worker.stale:
+        why = "is flagged stale"
+    elif worker.merged_into is not None:
+        why = f"was merged into {worker.merged_into}"
+    else:
+        why = f"was last seen {_age(ctx.now, worker.last_seen)} ago, past stale_after"
+    if worker.ended_at is not None:
+        why += ", and its session ended"
+    return Candidate(worker_id=worker.id, verdict=Verdict.REJECTED, reason=why)
+
+
+def _ineligible(worker: Worker, ctx: _Ctx) -> str | None:
+    """Why ``worker`` cannot take the request at all, or ``None``."""
+    policy, identity = ctx.policy, ctx.identity
+    grace = policy.ended_grace
+    if worker.ended_at is not None and grace is not None and ctx.now - worker.ended_at > grace:
+        return (
+            f"its session ended {_age(ctx.now, worker.ended_at)} ago, past the grace of "
+            f"{_span(grace)} for trailing messages"
+        )
+    if (
+        ctx.guarded(Guard.HOSTNAME_VETO)
+        and identity.hostname is not None
+        and worker.hostname is not None
+        and worker.hostname != identity.hostname
+    ):
+        return f"hostname veto: its hostname {worker.hostname} differs from {identity.hostname}"
+    if ctx.claiming is not None and ctx.guarded(Guard.SESSIONS):
+        if worker.assignment_id is not None and worker.assignment_id != ctx.claiming:
+            return (
+                f"session rule: it runs or ran assignment {worker.assignment_id}, "
+                "so a claim starts a new worker"
+            )
+        if worker.ended_at is not None:
+            return "session rule: its session ended, so a claim starts a new worker"
+    return None
+
+
+def _heartbeats_stopped(w: Worker, ctx: _Ctx) -> bool:
+    return (
+        w.hostname is not None
+        and w.hostname_seen is not None
+        and ctx.now - w.hostname_seen > 2 * ctx.policy.quiet_period
+    )
+
+
+def _ip_prefix(a: str, b: str) -> int:
+    x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    if x.version != y.version:
+        return 0
+    return x.max_prefixlen - (int(x) ^ int(y)).bit_length()
+
+
+def _key_part(criterion: Criterion, w: Worker, ctx: _Ctx) -> Any:
+    if criterion is Criterion.LIVE_SESSION:
+        return 0 if w.ended_at is None and w.held_end is None else 1
+    if criterion is Criterion.HOSTNAME_AGREES:
+        host = ctx.identity.hostname
+        return 0 if host is not None and w.hostname == host else 1
+    if criterion is Criterion.HEARTBEATS:
+        return 1 if _heartbeats_stopped(w, ctx) else 0
+    if criterion is Criterion.HOLDS_RUNNING:
+        return 0 if w.status is WorkerStatus.RUNNING else 1
+    if criterion is Criterion.RECENTLY_SEEN:
+        return _EPOCH - w.last_seen
+    if criterion is Criterion.NEAREST_IP:
+        return -_ip_prefix(w.ip, ctx.identity.ip)
+    if criterion is Criterion.NEWEST:
+        return _EPOCH - w.created_at
+    return w.created_at - _EPOCH  # Criterion.OLDEST
+
+
+_Ranked: TypeAlias = list[tuple[Worker, tuple[Any, ...]]]
+
+
+def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
+    ranking = ctx.rules.ranking
+    keyed = [(w, (*(_key_part(c, w, ctx) for c in ranking), w.id)) for w in workers]
+    keyed.sort(key=lambda pair: pair[1])
+    return keyed
+
+
+def _doubt(ranked: _Ranked, ctx: _Ctx) -> list[Worker]:
+    """The candidates the evidence cannot separate from the best one (the best included)."""
+    ranking = ctx.rules.ranking
+    evidence = [i for i, c in enumerate(ranking) if c.is_evidence]
+    best = ranked[0][1]
+    return [w for w, key in ranked if all(key[i] == best[i] for i in evidence)]
+
+
+def _why_outranked(key: tuple[Any, ...], best: tuple[Any, ...], winner: str, ctx: _Ctx) -> str:
+    for criterion, mine, theirs in zip(ctx.rules.ranking, key, best, strict=False):
+        if mine != theirs:
+            if criterion.is_evidence:
+                return f"ranked below {winner} on {criterion.value}"
+            return f"could not be told apart from {winner}; ranked below it on {criterion.value}"
+    return f"could not be told apart from {winner}; ranked below it on worker id"
+
+
+# ============================================================================================
+# 4. Placement
+
+
+@attrs.frozen(kw_only=True)
+class Decision:
+    """Which worker a request belongs to, and why.
+
+    ``worker`` is the matched worker as read, or ``None`` when a new worker must be created
+    (``rule`` is then :attr:`Rule.CREATED`).  ``ambiguous`` says whether the evidence could not
+    separate the winning rule's best candidates; ``doubt`` lists them (the winner first), and is
+    empty otherwise.  ``reports`` holds one :class:`RuleReport` per rule of the chain, in order,
+    with every candidate and why it was taken or passed over.
+    """
+
+    identity: Identity
+    now: datetime
+    policy: str
+    rule: Rule
+    worker: Worker | None
+    ambiguous: bool
+    reports: tuple[RuleReport, ...]
+    outranked: tuple[Worker, ...] = ()
+    """The winning rule's other eligible candidates, as read, best first."""
+    doubt: tuple[str, ...] = ()
+    """The ids of the candidates the evidence could not separate, the winner first."""
+    revived: bool = False
+    """The winner was stale and a hint brings it back."""
+
+    @property
+    def created(self) -> bool:
+        """Whether a new worker must be created."""
+        return self.worker is None
+
+    @property
+    def worker_id(self) -> str | None:
+        """The matched worker's id, or ``None`` when one must be created."""
+        return None if self.worker is None else self.worker.id
+
+    @property
+    def contested(self) -> bool:
+        """Whether the request lands on a worker that was chosen under doubt, now or before."""
+        return bool(self.doubt) or (self.worker is not None and bool(self.worker.contested))
+
+    def explain(self) -> str:
+        """A human-readable account of the decision, one line per rule and candidate."""
+        who = "a new worker" if self.worker is None else f"worker {self.worker.id}"
+        amb = " (ambiguous)" if self.ambiguous else ""
+        lines = [
+            f"{_describe(self.identity)} at {self.now.isoformat()} -> {who} "
+            f"by rule {self.rule.value}{amb} [policy {self.policy}]"
+        ]
+        for report in self.reports:
+            lines.append(f"  {report.rule.value}: {report.outcome} - {report.detail}")
+            for c in report.candidates:
+                lines.append(f"    {c.worker_id}: {c.verdict.value} - {c.reason}")
+        if self.worker is not None and self.worker.contested and not self.doubt:
+            lines.append(
+                f"  contested: {self.worker.id} was chosen under doubt among "
+                f"{', '.join(self.worker.contested)}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form of the decision, for structured logs."""
+        return {
+            "ip": self.identity.ip,
+            "hostname": self.identity.hostname,
+            "now": self.now.isoformat(),
+            "policy": self.policy,
+            "rule": self.rule.value,
+            "worker": self.worker_id,
+            "created": self.created,
+            "ambiguous": self.ambiguous,
+            "doubt": list(self.doubt),
+            "contested": self.contested,
+            "reports": [
+                {
+                    "rule": r.rule.value,
+                    "outcome": r.outcome,
+                    "detail": r.detail,
+                    "candidates": [
+                        {"worker": c.worker_id, "verdict": c.verdict.value, "reason": c.reason}
+                        for c in r.candidates
+                    ],
+                }
+                for r in self.reports
+            ],
+        }
+
+
+def _describe(identity: Identity) -> str:
+    parts = [f"ip={identity.ip}"]
+    if identity.hostname is not None:
+        parts.append(f"hostname={identity.hostname}")
+    if identity.worker_id is not None:
+        parts.append(f"worker_id={identity.worker_id}")
+    if identity.assignment_id is not None:
+        parts.append(f"assignment_id={identity.assignment_id}")
+    return "request(" + ", ".join(parts) + ")"
+
+
+def choose(
+    identity: Identity,
+    now: datetime,
+    policy: Policy,
+    kind: EventKind,
+    *,
+    claiming: str | None = None,
+) -> Ask[Decision]:
+    """Walk the policy's table for a request of ``kind`` and return the decision.
+
+    ``claiming`` is the assignment a claim takes (the session guard needs it).  Raises
+    :class:`~workermatch.AmbiguousMatch` when the policy refuses ambiguous matches and the
+    winning rule's best candidates cannot be told apart.
+    """
+    ctx = _Ctx(identity, now, policy, claiming)
+    chain = ctx.rules.chain_for(kind)
+    reports: list[RuleReport] = []
+    for index, rule in enumerate(chain):
+        found = yield from ctx.rules.row(rule).find(ctx)
+        if isinstance(found, str):
+            reports.append(RuleReport(rule=rule, outcome="not applicable", detail=found))
+            continue
+        rejected = list(found.rejected)
+        eligible: list[Worker] = []
+        for w in found.workers:
+            why = _ineligible(w, ctx)
+            if why is None:
+                eligible.append(w)
+            else:
+                rejected.append(Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why))
+        if not eligible:
+            reports.append(
+                RuleReport(
+                    rule=rule,
+                    outcome="no candidates",
+                    detail=found.detail,
+                    candidates=_sorted(rejected),
+                )
+            )
+            continue
+        ranked = _rank(eligible, ctx)
+        doubt = _doubt(ranked, ctx)
+        ambiguous = len(doubt) > 1
+        if ambiguous and policy.on_ambiguous is OnAmbiguous.SKIP_RULE:
+            passed = [
+                Candidate(
+                    worker_id=w.id,
+                    verdict=Verdict.PASSED_OVER,
+                    reason="the evidence could not tell the candidates apart and the policy "
+                    "skips ambiguous rules",
+                )
+                for w, _ in ranked
+            ]
+            reports.append(
+                RuleReport(
+                    rule=rule,
+                    outcome="passed over",
+                    detail=found.detail + f"; {len(doubt)} candidates could not be told apart",
+                    candidates=tuple(passed) + _sorted(rejected),
+                )
+            )
+            continue
+        winner, best = ranked[0]
+        if ambiguous:
+            why = f"could not be told apart from {len(doubt) - 1} other(s); first by {_order(ctx)}"
+        elif len(ranked) > 1:
+            why = f"best of {len(ranked)} candidates by {_order(ctx)}"
+        else:
+            why = "the only eligible candidate"
+        taken = [Candidate(worker_id=winner.id, verdict=Verdict.TAKEN, reason=why)]
+        taken += [
+            Candidate(
+                worker_id=w.id,
+                verdict=Verdict.OUTRANKED,
+                reason=_why_outranked(key, best, winner.id, ctx),
+            )
+            for w, key in ranked[1:]
+        ]
+        reports.append(
+            RuleReport(
+                rule=rule,
+                outcome="matched",
+                detail=found.detail,
+                candidates=tuple(taken) + _sorted(rejected),
+            )
+        )
+        reports.extend(
+            RuleReport(rule=r, outcome="not reached", detail=f"{rule.value} matched first")
+            for r in chain[index + 1 :]
+        )
+        decision = Decision(
+            identity=identity,
+            now=now,
+            policy=policy.name,
+            rule=rule,
+            worker=winner,
+            ambiguous=ambiguous,
+            reports=tuple(reports),
+            outranked=tuple(w for w, _ in ranked[1:]),
+            doubt=tuple(w.id for w in doubt) if ambiguous else (),
+            revived=found.revive,
+        )
+        if ambiguous and policy.on_ambiguous is OnAmbiguous.REFUSE:
+            raise AmbiguousMatch(
+                f"rule {rule.value} found {len(doubt)} candidates the evidence cannot separate "
+                f"({', '.join(w.id for w in doubt)}) and the policy refuses ambiguous matches",
+                decision=decision,
+            )
+        return decision
+    return Decision(
+        identity=identity,
+        now=now,
+        policy=policy.name,
+        rule=Rule.CREATED,
+        worker=None,
+        ambiguous=False,
+        reports=tuple(reports),
+    )
+
+
+def _sorted(candidates: list[Candidate]) -> tuple[Candidate, ...]:
+    return tuple(sorted(candidates, key=lambda c: c.worker_id))
+
+
+def _order(ctx: _Ctx) -> str:
+    return ", ".join(c.value for c in ctx.rules.ranking) + ", worker id"
+
+
+# ============================================================================================
+# 5. What a request writes
+
+
+class Alert(str, enum.Enum):
+    """Why an operator should look at a decision (``Outcome.alert``)."""
+
+    DOUBT = "doubt"
+    """The request was placed among candidates the evidence could not separate, a set of
+    candidates not seen together before."""
+    END_HELD = "end_held"
+    """A session end could have come from several workers' machines: it is held until evidence
+    arrives, never given to a tie-break."""
+    TRANSFER_HELD = "transfer_held"
+    """Stale RUNNING work that the new worker might own was left where it was: several machines
+    could claim it."""
+    HINT_REFUSED = "hint_refused"
+    """A hint named a worker that the request's other evidence contradicts (another hostname):
+    the request was not placed on it."""
+
+    def __repr__(self) -> str:
+        return f"Alert.{self.name}"
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What one request resolved to and what it wrote.
+
+    ``worker`` is the worker as it is after the writes.  ``transferred`` lists the RUNNING
+    assignments moved onto it from stale workers; ``ended`` the assignments this request
+    completed or failed (including held ends its evidence settled, listed in ``settled`` too);
+    ``held`` the candidates of a session end it held for want of evidence; ``alert`` why an
+    operator should look, or ``None``; ``notes`` what the request did beyond its placement and
+    what it considered and refused, in words.
+    """
+
+    event: Event
+    decision: Decision
+    worker: Worker
+    created: bool
+    writes: tuple[Write, ...]
+    transferred: tuple[str, ...] = ()
+    ended: tuple[str, ...] = ()
+    idempotent: bool = False
+    merged: tuple[str, ...] = ()
+    """Duplicates this request revealed and merged into :attr:`worker`."""
+    kept_alive: tuple[str, ...] = ()
+    """Other workers of the request's address whose ``last_seen`` this request refreshed."""
+    held: tuple[str, ...] = ()
+    """The candidates of the session end this request asked for and that was held."""
+    settled: tuple[tuple[str, datetime], ...] = ()
+    """Held ends this request's evidence applied: (assignment id, when the end was asked)."""
+    alert: Alert | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rule(self) -> Rule:
+        """The rule that placed the request (``created`` when a worker was made)."""
+        return self.decision.rule
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether the evidence could not separate the winning rule's best candidates."""
+        return self.decision.ambiguous
+
+    @property
+    def contested(self) -> bool:
+        """Whether the request landed on a worker chosen under doubt, now or before."""
+        return bool(self.worker.contested)
+
+    def explain(self) -> str:
+        """The decision's explanation, followed by what the request wrote and why."""
+        lines = [self.decision.explain()]
+        if self.created:
+            lines.append(f"  created worker {self.worker.id}")
+        lines += [f"  {note}" for note in self.notes]
+        if self.ended:
+            lines.append(f"  ended {', '.join(self.ended)}")
+        if self.idempotent:
+            lines.append("  repeated claim of the same assignment: nothing changed")
+        if self.alert is not None:
+            lines.append(f"  alert: {self.alert.value}")
+        return "\n".join(lines)
+
+
+class _Writes:
+    """The writes of one request, collected: the latest version of each row wins its place."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, Worker] = {}
+        self.inserted: set[str] = set()
+        self.assignments: dict[str, Assignment] = {}
+        self.new_assignments: set[str] = set()
+        self.order: list[tuple[str, str]] = []
+
+    def worker(self, w: Worker, *, insert: bool = False) -> Worker:
+        if w.id not in self.workers:
+            self.order.append(("w", w.id))
+        if insert:
+            self.inserted.add(w.id)
+        self.workers[w.id] = w
+        return w
+
+    def assignment(self, a: Assignment, *, insert: bool = False) -> Assignment:
+        if a.id not in self.assignments:
+            self.order.append(("a", a.id))
+        if insert:
+            self.new_assignments.add(a.id)
+        self.assignments[a.id] = a
+        return a
+
+    def latest(self, w: Worker) -> Worker:
+        return self.workers.get(w.id, w)
+
+    def ops(self) -> tuple[Write, ...]:
+        """The writes: new workers first, then new assignments, then updates, each in the order
+        they were first made (so that every row an operation names exists before it)."""
+        out: list[Write] = []
+        rank = {("w", k): 0 for k in self.inserted} | {("a", k): 1 for k in self.new_assignments}
+        for what, key in sorted(self.order, key=lambda item: rank.get(item, 2)):
+            if what == "w":
+                w = self.workers[key]
+                out.append(InsertWorker(worker=w) if key in self.inserted else UpdateWorker(worker=w))
+            else:
+                a = self.assignments[key]
+                out.append(
+                    InsertAssignment(assignment=a)
+                    if key in self.new_assignments
+                    else UpdateAssignment(assignment=a)
+                )
+        return tuple(out)
+
+
+def _touch(worker: Worker, event: Event, now: datetime, ctx: _Ctx) -> Worker:
+    identity = event.identity
+    hostname, seen = worker.hostname, worker.hostname_seen
+    if identity.hostname is not None:
+        if hostname is None or not ctx.guarded(Guard.HOSTNAME_VETO):
+            hostname = identity.hostname
+        if hostname == identity.hostname:
+            seen = now
+    return attrs.evolve(
+        worker,
+        ip=identity.ip,
+        hostname=hostname,
+        hostname_seen=seen,
+        last_seen=max(worker.last_seen, now),
+        stale=False,
+    )
+
+
+def _new_worker(event: Event, now: datetime, worker_id: str) -> Worker:
+    host = event.identity.hostname
+    return Worker(
+        id=worker_id,
+        ip=event.identity.ip,
+        hostname=host,
+        hostname_seen=None if host is None else now,
+        created_at=now,
+        last_seen=now,
+    )
+
+
+def decide(
+    event: Event,
+    now: datetime,
+    policy: Policy,
+    *,
+    create_assignments: bool = False,
+    new_worker_id: Callable[[], str] | None = None,
+) -> Ask[Outcome]:
+    """Decide what ``event`` does at ``now``: the decision and the writes that follow from it.
+
+    Arguments must be valid already.  Raises :class:`~workermatch.ClaimRefused` or
+    :class:`~workermatch.AmbiguousMatch`.
+    """
+    make_id = new_worker_id or (lambda: NEW_WORKER)
+    if event.kind is EventKind.CLAIM:
+        return (yield from _claim(event, now, policy, create_assignments, make_id))
+    return (yield from _request(event, now, policy, make_id))
+
+
+def _claim(
+    event: Event,
+    now: datetime,
+    policy: Policy,
+    create_assignments: bool,
+    make_id: Callable[[], str],
+) -> Ask[Outcome]:
+    aid = event.assignment_id
+    assert aid is not None
+    ctx = _Ctx(event.identity, now, policy, aid)
+    out = _Writes()
+    notes: list[str] = []
+    assignment = yield from _get_assignment(aid)
+    if assignment is None:
+        if not create_assignments:
+            raise ClaimRefused(
+                f"assignment {aid} does not exist", reason="unknown_assignment", assignment_id=aid
+            )
+        assignment = out.assignment(Assignment(id=aid), insert=True)
+    sessions = ctx.guarded(Guard.SESSIONS)
+    holder: Worker | None = None
+    if assignment.status is AssignmentStatus.RUNNING and assignment.worker_id is not None:
+        holder = yield from _get_worker(assignment.worker_id)
+    holder_live = holder is not None and not holder.is_stale_at(now, policy.stale_after)
+    if sessions and assignment.status.is_final:
+        raise ClaimRefused(
+            f"assignment {aid} is already {assignment.status.value}",
+            reason="already_finished",
+            assignment_id=aid,
+        )
+    decision = yield from choose(event.identity, now, policy, event.kind, claiming=aid)
+    matched = decision.worker
+    if sessions and holder is not None and holder_live:
+        if matched is not None and matched.id == holder.id:
+            worker = out.worker(_touch(matched, event, now, ctx))
+            return Outcome(
+                event=event,
+                decision=decision,
+                worker=worker,
+                created=False,
+                writes=out.ops(),
+                idempotent=True,
+            )
+        raise ClaimRefused(
+            f"assignment {aid} is RUNNING on worker {holder.id}, which is not stale",
+            reason="running_elsewhere",
+            assignment_id=aid,
+            holder=holder.id,
+        )
+    alerts: list[Alert] = []
+    if decision.ambiguous and ctx.guarded(Guard.EVIDENCE):
+        # A claim joins a worker for good: in doubt, it starts its own.
+        notes.append(
+            f"did not join {', '.join(decision.doubt)}: the evidence could not tell them apart, "
+            "and a claim needs evidence"
+        )
+        alerts.append(Alert.DOUBT)
+        matched = None
+    created = matched is None
+    if matched is None:
+        worker = _new_worker(event, now, make_id())
+    else:
+        worker = _touch(matched, event, now, ctx)
+    worker = attrs.evolve(worker, status=WorkerStatus.RUNNING, assignment_id=aid, ended_at=None)
+    out.worker(worker, insert=created)
+    transferred: list[str] = []
+    if created and ctx.does(Effect.TRANSFER_ON_CLAIM):
+        transferred = yield from _transfer(ctx, event, worker, out, notes, alerts, exclude=aid)
+    if holder is not None and holder.id != worker.id:
+        # The previous holder is stale (or loses to the last claimer, without the session
+        # guard): it no longer runs this assignment.
+        others = [a for a in (yield from _running_of([holder.id])) if a.id != aid]
+        out.worker(
+            attrs.evolve(
+                out.latest(holder), status=WorkerStatus.RUNNING if others else WorkerStatus.IDLE
+            )
+        )
+    started = assignment.started_at if assignment.worker_id == worker.id else now
+    out.assignment(
+        attrs.evolve(
+            assignment,
+            status=AssignmentStatus.RUNNING,
+            worker_id=worker.id,
+            started_at=started or now,
+            ended_at=None,
+        ),
+        insert=aid in out.new_assignments,
+    )
+    if matched is not None and decision.ambiguous:
+        yield from _contest(decision, out, alerts)
+    return Outcome(
+        event=event,
+        decision=decision,
+        worker=out.latest(worker),
+        created=created,
+        writes=out.ops(),
+        transferred=tuple(transferred),
+        alert=min(alerts, key=_ALERT_ORDER.index) if alerts else None,
+        notes=tuple(notes),
+    )
+
+
+def _request(
+    event: Event, now: datetime, policy: Policy, make_id: Callable[[], str]
+) -> Ask[Outcome]:
+    ctx = _Ctx(event.identity, now, policy, None)
+    decision = yield from choose(event.identity, now, policy, event.kind)
+    out = _Writes()
+    notes: list[str] = []
+    alerts: list[Alert] = []
+    if _hint_refused(decision):
+        alerts.append(Alert.HINT_REFUSED)
+        notes.append("the hint named a worker with another hostname: not followed")
+    transferred: list[str] = []
+    merged: tuple[str, ...] = ()
+    kept: list[str] = []
+    if decision.worker is None:
+        worker = out.worker(_new_worker(event, now, make_id()), insert=True)
+        if ctx.does(Effect.TRANSFER_ON_CREATE):
+            transferred = yield from _transfer(ctx, event, worker, out, notes, alerts)
+    else:
+        before = decision.worker
+        worker = out.worker(_touch(before, event, now, ctx))
+        if decision.revived:
+            yield from _revive(worker, out, notes)
+        if decision.ambiguous:
+            yield from _contest(decision, out, alerts)
+            if ctx.does(Effect.KEEP_ALIVE):
+                kept = _keep_alive(event, now, ctx, decision, out)
+                if kept:
+                    notes.append(
+                        f"kept {', '.join(kept)} alive: the request, from their address, may be "
+                        "theirs"
+                    )
+        if ctx.does(Effect.RECONCILE):
+            survivor = yield from _reconcile(ctx, event, before, out, notes)
+            if survivor is not None:
+                merged, worker = (before.id,), survivor
+        if (
+            ctx.does(Effect.TRANSFER_ON_HOSTNAME)
+            and not merged
+            and before.hostname is None
+            and event.identity.hostname is not None
+        ):
+            transferred = yield from _transfer(
+                ctx, event, out.latest(worker), out, notes, alerts, by_ip=False
+            )
+    worker = out.latest(worker)
+    pending = worker.held_end
+    ended: list[str] = []
+    settled: list[tuple[str, datetime]] = []
+    held: tuple[str, ...] = ()
+    ending = event.kind is EventKind.GUI_UPDATE and event.message in (FINISHED, FATAL_ERROR)
+    status = AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
+    if ending and decision.ambiguous and ctx.guarded(Guard.EVIDENCE):
+        held, done = yield from _hold(ctx, decision, status, out, notes)
+        ended += [a for a, _ in done]
+        settled += done
+        alerts.append(Alert.END_HELD)
+    elif ending:
+        ended += yield from _end(worker, status, now, out)
+    if pending is not None and not decision.ambiguous:
+        done = yield from _settle(ctx, worker.id, pending, ending, out, notes)
+        ended += [a for a, _ in done]
+        settled += done
+    return Outcome(
+        event=event,
+        decision=decision,
+        worker=out.latest(worker),
+        created=decision.worker is None,
+        writes=out.ops(),
+        transferred=tuple(transferred),
+        ended=tuple(ended),
+        merged=merged,
+        kept_alive=tuple(kept),
+        held=held,
+        settled=tuple(settled),
+        alert=min(alerts, key=_ALERT_ORDER.index) if alerts else None,
+        notes=tuple(notes),
+    )
+
+
+def _hint_refused(decision: Decision) -> bool:
+    return any(
+        c.verdict is Verdict.REJECTED and c.reason.startswith("hostname veto")
+        for r in decision.reports
+        if r.rule in (Rule.WORKER_ID, Rule.ASSIGNMENT)
+        for c in r.candidates
+    )
+
+
+_ALERT_ORDER = [Alert.END_HELD, Alert.TRANSFER_HELD, Alert.HINT_REFUSED, Alert.DOUBT]
+
+
+def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]:
+    """Mark the worker placed under doubt as contested; alert once per new set of candidates."""
+    assert decision.worker is not None
+    worker = out.latest(decision.worker)
+    doubt = tuple(sorted(decision.doubt))
+    if worker.contested != doubt:
+        out.worker(attrs.evolve(worker, contested=doubt))
+        alerts.append(Alert.DOUBT)
+    return
+    yield  # pragma: no cover - makes this a generator
+
+
+def _end(worker: Worker, status: AssignmentStatus, at: datetime, out: _Writes) -> Ask[list[str]]:
+    """End ``worker``'s session as asked at ``at``: its RUNNING assignments take ``status``.
+
+    Its assignments are those the store holds for it, as this request's writes leave them
+    (work it just took by a transfer or a merge included, work moved away excluded)."""
+    stored = [] if worker.id in out.inserted else (yield from _running_of([worker.id]))
+    mine = {a.id: out.assignments.get(a.id, a) for a in stored}
+    mine.update({k: a for k, a in out.assignments.items() if a.worker_id == worker.id})
+    ended: list[str] = []
+    for aid in sorted(mine):
+        a = mine[aid]
+        if a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING:
+            out.assignment(attrs.evolve(a, status=status, ended_at=at))
+            ended.append(aid)
+    final = WorkerStatus.IDLE if status is AssignmentStatus.COMPLETED else WorkerStatus.ERROR
+    latest = out.latest(worker)
+    out.worker(attrs.evolve(latest, status=final, ended_at=latest.ended_at or at, held_end=None))
+    return ended
+
+
+def _hold(
+    ctx: _Ctx, decision: Decision, status: AssignmentStatus, out: _Writes, notes: list[str]
+) -> Ask[tuple[tuple[str, ...], list[tuple[str, datetime]]]]:
+    """Hold a session end that could have come from any worker of the decision's doubt.
+
+    Held ends over overlapping candidates are counted together: ``count`` ends among the union
+    of their candidates.  When as many ends are held as there are candidates, all of them end.
+    Returns the candidates and the ends applied.
+    """
+    read = {w.id: w for w in (decision.worker, *decision.outranked) if w is not None}
+    members = {wid: out.latest(read[wid]) for wid in decision.doubt}
+    count, at = 1, ctx.now
+    for earlier in {w.held_end for w in members.values() if w.held_end is not None}:
+        assert earlier is not None
+        count += earlier.count
+        at = min(at, earlier.at)
+        for wid in earlier.candidates:
+            if wid not in members:
+                w = out.workers.get(wid) or (yield from _get_worker(wid))
+                if w is not None and w.held_end == earlier:
+                    members[wid] = w
+    end = HeldEnd(status=status, at=at, candidates=tuple(members), count=count)
+    notes.append(
+        f"held the end ({status.value}) for want of evidence: it could have come from "
+        f"{', '.join(end.candidates)}" + (f" ({count} ends held among them)" if count > 1 else "")
+    )
+    if count < len(members):
+        for w in members.values():
+            out.worker(attrs.evolve(out.latest(w), held_end=end))
+        return end.candidates, []
+    done: list[tuple[str, datetime]] = []
+    for w in members.values():
+        done += [(aid, end.at) for aid in (yield from _end(w, status, end.at, out))]
+    notes.append(f"as many ends as candidates: {', '.join(end.candidates)} all ended")
+    return end.candidates, done
+
+
+def _settle(
+    ctx: _Ctx, worker_id: str, held: HeldEnd, ending: bool, out: _Writes, notes: list[str]
+) -> Ask[list[tuple[str, datetime]]]:
+    """Evidence about one candidate of a held end: a request placed on it without doubt.
+
+    More than ``ended_grace`` after the held end, a request from its machine shows that the
+    machine did not stop, so it did not send the end (within the grace, the request may be a
+    trailing message).  A session end of its own says it stops now: the held ends belong to
+    the others.  Once as few candidates are left as ends are held, their sessions end, as of
+    the time the end was asked.
+    """
+    grace = ctx.policy.ended_grace or timedelta(0)
+    if not ending and ctx.now - held.at <= grace:
+        return []
+    if not ending:
+        out.worker(attrs.evolve(out.workers[worker_id], held_end=None))
+    others: list[Worker] = []
+    for wid in held.candidates:
+        if wid != worker_id:
+            w = out.workers.get(wid) or (yield from _get_worker(wid))
+            if w is not None and w.held_end == held:
+                others.append(w)
+    why = "it ended on its own" if ending else "its machine was heard from since"
+    notes.append(f"{worker_id} did not send the end held among {', '.join(held.candidates)}: {why}")
+    if held.count < len(others):
+        rest = HeldEnd(
+            status=held.status, at=held.at, candidates=tuple(w.id for w in others), count=held.count
+        )
+        for w in others:
+            out.worker(attrs.evolve(out.latest(w), held_end=rest))
+        return []
+    done: list[tuple[str, datetime]] = []
+    for w in others:
+        done += [(aid, held.at) for aid in (yield from _end(w, held.status, held.at, out))]
+    if others:
+        notes.append(
+            f"the held end belongs to {', '.join(w.id for w in others)}: applied as asked at "
+            f"{held.at.isoformat()}"
+        )
+    return done
+
+
+def _revive(worker: Worker, out: _Writes, notes: list[str]) -> Ask[None]:
+    """A hint brought ``worker`` back from staleness: its session's work comes back with it."""
+    notes.append(f"{worker.id} was stale; the hint brings it back")
+    aid = worker.assignment_id
+    if aid is None:
+        return
+    a = yield from _get_assignment(aid)
+    if a is None or a.status is not AssignmentStatus.RUNNING or a.worker_id is None:
+        return
+    if a.worker_id == worker.id:
+        return
+    taker = yield from _get_worker(a.worker_id)
+    out.assignment(attrs.evolve(a, worker_id=worker.id))
+    out.worker(attrs.evolve(out.latest(worker), status=WorkerStatus.RUNNING))
+    if taker is not None:
+        left = [x for x in (yield from _running_of([taker.id])) if x.id != aid]
+        if not left:
+            out.worker(attrs.evolve(out.latest(taker), status=WorkerStatus.IDLE))
+    notes.append(f"moved {aid} back from {a.worker_id}, which took it while {worker.id} was stale")
+
+
+def _keep_alive(
+    event: Event, now: datetime, ctx: _Ctx, decision: Decision, out: _Writes
+) -> list[str]:
+    """A request without hostname placed in doubt proves that one of the address's machines
+    lives, not which: refresh the others that run an unended session and whose hostname is
+    unknown, at most once per quiet period.  (A worker whose hostname is known has its own
+    heartbeats, and its silence must stay visible to reconciliation.)"""
+    if decision.rule is not Rule.EXACT_IP or event.identity.hostname is not None:
+        return []
+    kept = []
+    for w in decision.outranked:
+        if (
+            w.id in decision.doubt
+            and w.ip == event.identity.ip
+            and w.status is WorkerStatus.RUNNING
+            and w.ended_at is None
+            and now - w.last_seen > ctx.policy.quiet_period
+            and w.hostname is None
+        ):
+            out.worker(attrs.evolve(out.latest(w), last_seen=now))
+            kept.append(w.id)
+    return kept
+
+
+def _transfer(
+    ctx: _Ctx,
+    event: Event,
+    worker: Worker,
+    out: _Writes,
+    notes: list[str],
+    alerts: list[Alert],
+    *,
+    by_ip: bool = True,
+    exclude: str | None = None,
+) -> Ask[list[str]]:
+    """Move the RUNNING assignments of stale workers with the request's IP (when ``by_ip``) or
+    the worker's hostname onto ``worker``.  Under the evidence guard, work found by address
+    alone moves only when a single stale worker there could own it; otherwise it stays where
+    it is, with an alert."""
+    host = worker.hostname
+    found = yield from _stale_running(event.identity.ip, host, ctx.now - ctx.policy.stale_after)
+    veto = ctx.guarded(Guard.HOSTNAME_VETO)
+    stale = [
+        w
+        for w in found
+        if w.id != worker.id
+        and w.merged_into is None
+        and (by_ip or (host is not None and w.hostname == host))
+        and not (veto and host is not None and w.hostname is not None and w.hostname != host)
+    ]
+    if ctx.guarded(Guard.EVIDENCE):
+        by_address = [w for w in stale if host is None or w.hostname != host]
+        if len(by_address) > 1:
+            notes.append(
+                f"left the RUNNING work of stale {', '.join(sorted(w.id for w in by_address))} "
+                "where it is: several machines at this address could own it"
+            )
+            alerts.append(Alert.TRANSFER_HELD)
+            stale = [w for w in stale if w not in by_address]
+    if not stale:
+        return []
+    running = yield from _running_of([w.id for w in stale])
+    moved = sorted((a for a in running if a.id != exclude), key=lambda a: a.id)
+    for w in sorted(stale, key=lambda w: w.id):
+        out.worker(attrs.evolve(out.latest(w), status=WorkerStatus.IDLE, stale=True))
+    for a in moved:
+        out.assignment(attrs.evolve(a, worker_id=worker.id))
+    if moved:
+        latest = max(moved, key=lambda a: (a.started_at or ctx.now, a.id))
+        current = out.latest(worker)
+        out.worker(
+            attrs.evolve(
+                current,
+                status=WorkerStatus.RUNNING,
+                assignment_id=current.assignment_id or latest.id,
+            )
+        )
+        notes.append(
+            f"moved RUNNING {', '.join(a.id for a in moved)} from stale "
+            f"{', '.join(sorted(w.id for w in stale))} onto {worker.id}"
+        )
+    return [a.id for a in moved]
+
+
+def _reconcile(
+    ctx: _Ctx, event: Event, before: Worker, out: _Writes, notes: list[str]
+) -> Ask[Worker | None]:
+    """Reconcile a duplicate after the fact; returns the survivor it was merged into, or ``None``.
+
+    The real client sends a hostname only with its heartbeats.  After an address change the
+    first request from the new address is usually an update: no rule can tie it to the
+    session's worker, so a duplicate is made.  The next heartbeat lands on the duplicate and
+    reveals its hostname.  When exactly one other live worker of an unended session has that
+    hostname, was created before the duplicate, and went silent no later than the duplicate
+    appeared and less than ``stale_after`` before (lifetimes that do not overlap), the duplicate
+    is merged into it, leaving ``merged_into`` as a forward pointer.  The same heartbeat repairs
+    the start-up race: the GUI's first update overtook its heartbeats, and exactly one recent
+    claim worker without hostname is in sight.  Two sessions and two machines are never merged:
+    a claim's worker carries its assignment, and a second candidate (clones) cancels the merge.
+    """
+    policy, now = ctx.policy, ctx.now
+    hostname = event.identity.hostname
+    if hostname is None or before.hostname is not None:
+        return None
+    if before.ended_at is not None or before.merged_into is not None or before.held_end:
+        return None
+    named = [
+        w
+        for w in (yield from _by_hostname(hostname, ctx.live_since))
+        if w.id != before.id
+        and w.merged_into is None
+        and w.ended_at is None
+        and w.held_end is None
+        and w.created_at < before.created_at
+    ]
+    found = [
+        w
+        for w in named
+        if w.last_seen <= before.created_at
+        and (before.assignment_id is None or before.assignment_id == w.assignment_id)
+    ]
+    refused = ""
+    if named and not found:
+        w = named[0]
+        refused = (
+            f"{w.id} has hostname {hostname} but was heard from after {before.id} appeared"
+            if w.last_seen > before.created_at
+            else f"{w.id} has hostname {hostname} but runs another session"
+        )
+    if (
+        not named
+        and now - before.created_at <= policy.quiet_period
+        and before.assignment_id is None
+    ):
+        found = [
+            w
+            for w in (yield from _recent_running(now - policy.orphan_window, ctx.live_since))
+            if w.id != before.id
+            and w.hostname is None
+            and w.merged_into is None
+            and w.ended_at is None
+            and w.held_end is None
+            and w.created_at < before.created_at
+        ]
+    if len(found) > 1:
+        refused = (
+            f"{', '.join(sorted(w.id for w in found))} could each be the worker {before.id} "
+            "duplicates"
+        )
+    if len(found) != 1:
+        if refused:
+            notes.append(f"not merged: {refused}")
+        return None
+    older = found[0]
+    moved = sorted((yield from _running_of([before.id])), key=lambda a: a.id)
+    duplicate = out.latest(before)
+    runs = older.status is WorkerStatus.RUNNING or bool(moved)
+    survivor = out.worker(
+        attrs.evolve(
+            older,
+            ip=event.identity.ip,
+            hostname=hostname,
+            hostname_seen=now,
+            last_seen=max(older.last_seen, duplicate.last_seen, now),
+            status=WorkerStatus.RUNNING if runs else older.status,
+            assignment_id=older.assignment_id or (moved[-1].id if moved else None),
+        )
+    )
+    out.worker(attrs.evolve(duplicate, status=WorkerStatus.IDLE, merged_into=older.id))
+    for a in moved:
+        out.assignment(attrs.evolve(a, worker_id=older.id))
+    notes.append(
+        f"merged duplicate {before.id} into {older.id} (same hostname, lifetimes do not overlap)"
+    )
+    return survivor
+
+
+def _age(now: datetime, then: datetime) -> str:
+    return _span(max(now - then, now - now))
+
+
+def _span(delta: Any) -> str:
+    seconds = delta.total_seconds()
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    if seconds == int(seconds):
+        return f"{int(seconds)} s"
+    return f"{seconds:.3f} s"
