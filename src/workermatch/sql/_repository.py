@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from .._errors import InvalidInput, StorageError
-from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._tables import Tables, build_tables
@@ -339,10 +339,13 @@ class SQLWorkerRepository:
     # -- reads -----------------------------------------------------------------------------------
 
     def get_worker(self, worker_id: str) -> Worker | None:
+        check_id(worker_id, "worker_id")
         found = self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
+        check_id(assignment_id, "assignment_id")
+
         def run() -> Assignment | None:
             rows = self._raw(self._r_assignment, {"aid": assignment_id})
             return self._assignment(rows[0]) if rows else None
