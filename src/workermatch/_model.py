@@ -267,7 +267,7 @@ def normalize_hostname(value: object, *, field: str = "hostname") -> str | None:
     for ch in text:
         if ch.isspace() or not ch.isprintable():
             raise InvalidInput(
-                f"{field} {quote(value)} contains white space or a control character",
+                f"{field} {quote(value)} contains white space or an unprintable character",
                 field=field,
                 value=value,
             )
