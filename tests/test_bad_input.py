@@ -649,6 +649,7 @@ BAD_TRACE_LINES = [(case, trace_line(where, value)) for case, where, value in BA
         ("long-fraction", "2025-11-06T10:00:02." + "0" * MB + "Z"),
     ]
 ]
+BAD_TRACE_LINES.append(("kind-array", trace_line("ip", "10.0.0.1").replace('"heartbeat"', "[]")))
 
 
 @pytest.mark.parametrize(
