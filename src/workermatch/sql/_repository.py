@@ -24,6 +24,7 @@ once, then run on the driver's cursor (:meth:`SQLWorkerRepository._raw`).
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -246,7 +247,8 @@ class SQLWorkerRepository:
     # -- schema ----------------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create what the repository needs where it is missing (idempotent).
+        """Create what the repository needs where it is missing (idempotent), then
+        :meth:`check_schema`.
 
         With a mapping that owns its tables: the two tables and their indexes.  With
         ``owns_tables=False`` (someone else's tables, e.g. :data:`PRISMA_MAPPING`): the nullable
@@ -269,8 +271,100 @@ class SQLWorkerRepository:
                 }
                 if index.name not in names:
                     index.create(conn)
+            self._check_collations(conn)
 
         self._ddl(run)
+
+    def check_schema(self) -> None:
+        """Check, without changing anything, that the mapped tables and columns exist and that
+        every id and hostname column compares exactly.
+
+        A column whose collation makes two different ids or hostnames equal (on MariaDB /
+        MySQL any collation but a binary one, such as the default ``utf8mb4_general_ci`` or
+        ``utf8mb4_uca1400_ai_ci``; on PostgreSQL a nondeterministic collation; on SQLite
+        ``NOCASE`` or ``RTRIM``) would make the store decide differently from the reference
+        (a claim of ``a1`` refused because ``A1`` runs): a
+        :class:`~workermatch.StorageError` naming the table, the column and the collation.
+        """
+
+        def run(conn: Connection) -> None:
+            insp = sa.inspect(conn)
+            schema = self.mapping.schema
+            for table, wanted in (
+                (self._t.workers, self._t.w.values()),
+                (self._t.assignments, self._t.a.values()),
+            ):
+                if not insp.has_table(table.name, schema=schema):
+                    raise StorageError(f"table {table.fullname!r} does not exist")
+                have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
+                missing = [c.name for c in wanted if c.name not in have]
+                if missing:
+                    raise StorageError(
+                        f"table {table.fullname!r} has no column(s) {', '.join(missing)}; "
+                        "check the mapping or run create_schema()"
+                    )
+            self._check_collations(conn)
+
+        self._ddl(run)
+
+    def _check_collations(self, conn: Connection) -> None:
+        found = self._collations(conn)
+        for col in self._t.exact:
+            table = col.table
+            collation = found.get((table.name, col.name))
+            if collation is None or collation[1]:
+                continue
+            fix = {
+                "postgresql": 'a deterministic collation (the database default, or "C")',
+                "sqlite": "the default BINARY collation",
+            }.get(self._backend, "a binary collation, utf8mb4_bin")
+            raise StorageError(
+                f"column {col.name!r} of table {table.name!r} uses collation "
+                f"{collation[0]!r}, which compares different ids or hostnames as equal (case, "
+                f"accents, width or Unicode normalisation ignored); give it {fix}"
+            )
+
+    def _collations(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(table, column) -> (collation, whether it compares exactly), for the two tables'
+        text columns that have a collation."""
+        tables = [self._t.workers.name, self._t.assignments.name]
+        schema = self.mapping.schema
+        out: dict[tuple[str, str], tuple[str, bool]] = {}
+        if self._backend in ("mysql", "mariadb"):
+            rows = conn.execute(
+                sa.text(
+                    "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())"
+                    " AND TABLE_NAME IN (:t1, :t2) AND COLLATION_NAME IS NOT NULL"
+                ),
+                {"schema": schema, "t1": tables[0], "t2": tables[1]},
+            )
+            for table, column, collation in rows:
+                name = str(collation).lower()
+                out[(table, column)] = (collation, name == "binary" or name.endswith("_bin"))
+        elif self._backend == "postgresql":
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.relname, a.attname, co.collname, co.collisdeterministic"
+                    " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " JOIN pg_collation co ON co.oid = a.attcollation"
+                    " WHERE n.nspname = COALESCE(:schema, current_schema())"
+                    " AND c.relname IN (:t1, :t2) AND a.attnum > 0 AND NOT a.attisdropped"
+                ),
+                {"schema": schema, "t1": tables[0], "t2": tables[1]},
+            )
+            for table, column, collation, deterministic in rows:
+                out[(table, column)] = (collation, bool(deterministic))
+        else:
+            master = "sqlite_master" if schema is None else f'"{schema}".sqlite_master'
+            for table in tables:
+                sql = conn.exec_driver_sql(
+                    f"SELECT sql FROM {master} WHERE type = 'table' AND name = ?", (table,)
+                ).scalar()
+                for column, collation in _sqlite_collations(str(sql or "")).items():
+                    out[(table, column)] = (collation, collation.upper() == "BINARY")
+        return out
 
     def _add_columns(self, conn: Connection, insp: sa.Inspector) -> None:
         schema = self.mapping.schema
@@ -912,6 +1006,36 @@ def _cause(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
         return exc.orig
     return exc
+
+
+def _sqlite_collations(create_table: str) -> dict[str, str]:
+    """Column -> the collation its definition names (``COLLATE x``), from SQLite's ``CREATE
+    TABLE`` text (columns without one compare with ``BINARY``)."""
+    start, end = create_table.find("("), create_table.rfind(")")
+    if start < 0 or end < start:
+        return {}
+    out: dict[str, str] = {}
+    depth, part, parts = 0, "", []
+    for ch in create_table[start + 1 : end]:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(part)
+            part = ""
+        else:
+            part += ch
+    parts.append(part)
+    for definition in parts:
+        m = re.match(r'\s*(?:"((?:[^"]|"")+)"|`([^`]+)`|\[([^\]]+)\]|(\w+))', definition)
+        if m is None:
+            continue
+        name = next(g for g in m.groups() if g is not None).replace('""', '"')
+        coll = re.search(r'\bCOLLATE\s+"?(\w+)"?', definition, re.IGNORECASE)
+        if coll is not None:
+            out[name] = coll.group(1)
+    return out
 
 
 def _message(what: str, cause: BaseException) -> str:
