@@ -312,8 +312,8 @@ def test_lookalike_ids_and_hostnames_are_different_in_every_store(
         wm.apply_event(wm.Event.heartbeat(f"10.0.2.{i + 1}", hostname=host), T0, repo)
     since = T0 - timedelta(minutes=1)
     for i, host in enumerate(LOOKALIKE_HOSTS):
-        found = repo.live_workers_by_hostname(host, since)
-        assert [w.ip for w in found] == [f"10.0.2.{i + 1}"], host
+        live = repo.live_workers_by_hostname(host, since)
+        assert [w.ip for w in live] == [f"10.0.2.{i + 1}"], host
 
 
 def _lookalike_ddl(dialect: str, mapping: TableMapping, collation: str) -> list[str]:
