@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -384,3 +385,41 @@ def test_the_library_schema_passes_its_own_check(store_factory: StoreFactory) ->
     repo = store_factory()
     assert isinstance(repo, SQLWorkerRepository)
     repo.check_schema()
+
+
+def test_sqlite_transfer_query_uses_the_ip_and_hostname_indexes(tmp_path: Any) -> None:
+    """The transfer's "stale workers with this IP or hostname" query, as the repository sends
+    it, is planned as two index lookups on SQLite, not a scan of every RUNNING worker."""
+    repo = SQLWorkerRepository.from_url(f"sqlite:///{tmp_path / 'plan.db'}")
+    repo.create_schema()
+    # Many RUNNING workers on other addresses: what the status index would have to read.
+    wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), T0, repo, create_assignments=True)
+    for i in range(2, 60):
+        wm.apply_event(wm.Event.claim(f"10.0.1.{i}", f"A{i}"), T0, repo, create_assignments=True)
+    sent: list[tuple[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if "UNION" in statement:
+            sent.append((statement, params))
+
+    sa.event.listen(repo.engine, "before_cursor_execute", before)
+    try:
+        later = T0 + timedelta(minutes=10)
+        found = repo.stale_running_workers("10.0.0.1", "box", later)
+        assert [w.ip for w in found] == ["10.0.0.1"]
+        repo.atomically(lambda: repo.stale_running_workers("10.0.0.1", "box", later))
+    finally:
+        sa.event.remove(repo.engine, "before_cursor_execute", before)
+    assert len(sent) == 2  # outside a unit's cache, and inside one (joined with assignments)
+    ip_idx, host_idx = (ix.name for ix in repo.tables.indexes[:2])
+    with repo.engine.connect() as conn:
+        for statement, params in sent:
+            plan = "\n".join(
+                str(row[-1])
+                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
+            )
+            workers = repo.tables.workers.name
+            assert f"SEARCH {workers} USING INDEX {ip_idx} (ip=?)" in plan, plan
+            assert f"SEARCH {workers} USING INDEX {host_idx} (hostname=?)" in plan, plan
+            assert f"SCAN {workers}" not in plan, plan
+    repo.close()

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -628,7 +629,8 @@ class SQLWorkerRepository:
         # "Same IP or same hostname" is a UNION of two index lookups, each pinned to its index on
         # SQLite: without statistics its planner otherwise picks the status index and reads every
         # RUNNING worker.
-        ip_idx, host_idx = (ix.name for ix in t.indexes[:2])
+        quote = self.engine.dialect.identifier_preparer.quote
+        ip_idx, host_idx = (quote(str(ix.name)) for ix in t.indexes[:2])
         for q in (self._q_workers, self._q_workers_joined):
             q["stale_ip"] = q["stale_ip"].with_hint(t.workers, f"INDEXED BY {ip_idx}", "sqlite")
             q["stale_host"] = q["stale_host"].with_hint(
@@ -922,6 +924,14 @@ class SQLWorkerRepository:
         return _make_error(_message(what, cause), self._fault(cause), attempts)
 
 
+class _SQLiteHintingCompiler(SQLiteCompiler):
+    """SQLite's statement compiler, emitting a table's ``with_hint`` text after its name (where
+    SQLite's ``INDEXED BY`` goes); SQLAlchemy's own drops it."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 class _Raw:
     """A statement compiled once for one dialect: its SQL text, and how to pass parameters."""
 
@@ -930,7 +940,12 @@ class _Raw:
     def __init__(
         self, stmt: Any, dialect: sa.Dialect, column_keys: list[str] | None = None
     ) -> None:
-        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        compiled: Any
+        if dialect.name == "sqlite":
+            # SQLAlchemy's SQLite compiler drops table hints; ours emits them (INDEXED BY).
+            compiled = _SQLiteHintingCompiler(dialect, stmt, column_keys=column_keys)
+        else:
+            compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
         self.sql: str = str(compiled)
         self.positional: list[str] | None = (
             list(compiled.positiontup) if compiled.positiontup is not None else None
