@@ -12,7 +12,14 @@ atomic step.
 from __future__ import annotations
 
 from ._engine import NEW_WORKER, Outcome, apply_event, plan, sweep
-from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput, StorageError, WorkermatchError
+from ._errors import (
+    AmbiguousMatch,
+    ClaimRefused,
+    InvalidInput,
+    StorageError,
+    TransientStorageError,
+    WorkermatchError,
+)
 from ._memory import InMemoryWorkerRepository, sequential_ids
 from ._model import (
     Assignment,
@@ -78,6 +85,7 @@ __all__ = [
     "Rule",
     "RuleReport",
     "StorageError",
+    "TransientStorageError",
     "UpdateAssignment",
     "UpdateWorker",
     "Verdict",
