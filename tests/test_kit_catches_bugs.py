@@ -92,6 +92,22 @@ class Broken(InMemoryWorkerRepository):
             kept.append(op)
         super().write(kept)
 ''',
+    "folds_case": '''
+class Broken(InMemoryWorkerRepository):
+    """Looks ids up without regard to case, like a column with MariaDB's default collation."""
+
+    def get_worker(self, worker_id):
+        for w in self.all_workers():
+            if w.id.casefold() == worker_id.casefold():
+                return w
+        return None
+
+    def get_assignment(self, assignment_id):
+        for a in self.all_assignments():
+            if a.id.casefold() == assignment_id.casefold():
+                return a
+        return None
+''',
     "not_atomic": '''
 class Broken(InMemoryWorkerRepository):
     """Runs the unit without a lock and without undoing its writes on failure."""
@@ -120,6 +136,13 @@ EXPECTED = {
     ),
     "forgets_hostname": (["test_write_applies_every_operation"], "hostname: expected"),
     "loses_transfer": (["test_write_applies_every_operation"], "worker_id: expected"),
+    "folds_case": (
+        [
+            "test_get_worker_returns_the_seeded_row",
+            "test_get_assignment_returns_the_seeded_row",
+        ],
+        "expected None, got",
+    ),
     "not_atomic": (
         [
             "test_atomically_undoes_writes_when_the_unit_raises",

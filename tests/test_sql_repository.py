@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -272,3 +273,153 @@ def test_postgresql_rule_queries_use_the_indexes(store_factory: StoreFactory) ->
             compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
             plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
             assert "Index" in plan, (name, plan)
+
+
+# Ids and hostnames that differ only in case, accents, width or Unicode normalisation: the
+# same text on Python's side is the same text in every store, and different text is different.
+LOOKALIKE_IDS = [
+    "a1",
+    "A1",
+    "job-e",
+    "job-\u00e9",
+    "job-e\u0301",
+    "job-s",
+    "job-\u00df",
+    "job-ss",
+    "\uff41\uff11",
+]
+LOOKALIKE_HOSTS = ["gpu-e", "gpu-\u00e9", "gpu-e\u0301", "gpu-\uff45", "gpu-ss", "gpu-\u00df"]
+
+
+@pytest.mark.parametrize("store_factory", ["memory", *SQL_STORE_IDS], indirect=True)
+def test_lookalike_ids_and_hostnames_are_different_in_every_store(
+    store_factory: StoreFactory,
+) -> None:
+    repo = store_factory(wm.sequential_ids("W"))
+    for i, aid in enumerate(LOOKALIKE_IDS):
+        outcome = wm.apply_event(
+            wm.Event.claim(f"10.0.1.{i + 1}", aid), T0, repo, create_assignments=True
+        )
+        assert outcome.created, aid
+    assert sorted(a.id for a in repo.all_assignments()) == sorted(LOOKALIKE_IDS)
+    for aid in LOOKALIKE_IDS:
+        found = repo.get_assignment(aid)
+        assert found is not None
+        assert found.id == aid
+    # A worker-id hint in another case names no worker: the request matches by IP instead.
+    (first,) = [w for w in repo.all_workers() if w.ip == "10.0.1.1"]
+    assert repo.get_worker(first.id.lower()) is None
+    for i, host in enumerate(LOOKALIKE_HOSTS):
+        wm.apply_event(wm.Event.heartbeat(f"10.0.2.{i + 1}", hostname=host), T0, repo)
+    since = T0 - timedelta(minutes=1)
+    for i, host in enumerate(LOOKALIKE_HOSTS):
+        live = repo.live_workers_by_hostname(host, since)
+        assert [w.ip for w in live] == [f"10.0.2.{i + 1}"], host
+
+
+def _lookalike_ddl(dialect: str, mapping: TableMapping, collation: str) -> list[str]:
+    text = schema_ddl(dialect, mapping)
+    if dialect == "mysql":
+        text = text.replace("utf8mb4_bin", collation)
+    elif dialect == "postgresql":
+        text = text.replace("id VARCHAR(255)", f'id VARCHAR(255) COLLATE "{collation}"', 1)
+    else:
+        text = text.replace("hostname VARCHAR(253)", f"hostname VARCHAR(253) COLLATE {collation}")
+    return [s for s in text.split(";") if s.strip()]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "collation", "column"),
+    [
+        ("sqlite", "NOCASE", "hostname"),
+        ("postgresql", "wm_ci", "id"),
+        ("mysql", "utf8mb4_general_ci", "id"),
+        ("mysql", "utf8mb4_unicode_520_ci", "id"),
+    ],
+)
+def test_a_collation_that_makes_two_ids_equal_is_refused(
+    dialect: str, collation: str, column: str
+) -> None:
+    import os
+
+    from _stores import process_prefix
+
+    if dialect == "sqlite":
+        url = "sqlite://"
+    else:
+        url = os.environ.get(f"WORKERMATCH_TEST_{dialect.upper()}_URL", "")
+        if not url:
+            pytest.skip(f"{dialect} needs a database server")
+    prefix = process_prefix() + "coll_"
+    mapping = DEFAULT_MAPPING.with_table_prefix(prefix)
+    if dialect == "postgresql":
+        collation = prefix + collation
+    with SQLWorkerRepository.from_url(url, mapping=mapping) as repo:
+        repo.drop_schema()
+        with repo.engine.begin() as conn:
+            if dialect == "postgresql":
+                conn.exec_driver_sql(
+                    f'CREATE COLLATION IF NOT EXISTS "{collation}" (provider = icu, '
+                    "locale = 'und-u-ks-level2', deterministic = false)"
+                )
+            for statement in _lookalike_ddl(dialect, mapping, collation):
+                conn.exec_driver_sql(statement)
+        try:
+            for check in (repo.create_schema, repo.check_schema):
+                with pytest.raises(wm.StorageError) as info:
+                    check()
+                message = str(info.value)
+                assert repr(column) in message
+                assert repr(mapping.workers_table) in message
+                assert collation in message
+                assert info.value.retryable is False
+        finally:
+            repo.drop_schema()
+            if dialect == "postgresql":
+                with repo.engine.begin() as conn:
+                    conn.exec_driver_sql(f'DROP COLLATION IF EXISTS "{collation}"')
+
+
+@sql_stores
+def test_the_library_schema_passes_its_own_check(store_factory: StoreFactory) -> None:
+    repo = store_factory()
+    assert isinstance(repo, SQLWorkerRepository)
+    repo.check_schema()
+
+
+def test_sqlite_transfer_query_uses_the_ip_and_hostname_indexes(tmp_path: Any) -> None:
+    """The transfer's "stale workers with this IP or hostname" query, as the repository sends
+    it, is planned as two index lookups on SQLite, not a scan of every RUNNING worker."""
+    repo = SQLWorkerRepository.from_url(f"sqlite:///{tmp_path / 'plan.db'}")
+    repo.create_schema()
+    # Many RUNNING workers on other addresses: what the status index would have to read.
+    wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), T0, repo, create_assignments=True)
+    for i in range(2, 60):
+        wm.apply_event(wm.Event.claim(f"10.0.1.{i}", f"A{i}"), T0, repo, create_assignments=True)
+    sent: list[tuple[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if "UNION" in statement:
+            sent.append((statement, params))
+
+    sa.event.listen(repo.engine, "before_cursor_execute", before)
+    try:
+        later = T0 + timedelta(minutes=10)
+        found = repo.stale_running_workers("10.0.0.1", "box", later)
+        assert [w.ip for w in found] == ["10.0.0.1"]
+        repo.atomically(lambda: repo.stale_running_workers("10.0.0.1", "box", later))
+    finally:
+        sa.event.remove(repo.engine, "before_cursor_execute", before)
+    assert len(sent) == 2  # outside a unit's cache, and inside one (joined with assignments)
+    ip_idx, host_idx = (ix.name for ix in repo.tables.indexes[:2])
+    with repo.engine.connect() as conn:
+        for statement, params in sent:
+            plan = "\n".join(
+                str(row[-1])
+                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
+            )
+            workers = repo.tables.workers.name
+            assert f"SEARCH {workers} USING INDEX {ip_idx} (ip=?)" in plan, plan
+            assert f"SEARCH {workers} USING INDEX {host_idx} (hostname=?)" in plan, plan
+            assert f"SCAN {workers}" not in plan, plan
+    repo.close()

@@ -27,7 +27,14 @@ from ._decision import (
     Verdict,
 )
 from ._engine import NEW_WORKER, apply_event, match_worker, plan, sweep
-from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput, StorageError, WorkermatchError
+from ._errors import (
+    AmbiguousMatch,
+    ClaimRefused,
+    InvalidInput,
+    StorageError,
+    TransientStorageError,
+    WorkermatchError,
+)
 from ._memory import InMemoryWorkerRepository, sequential_ids
 from ._model import (
     Assignment,
@@ -101,6 +108,7 @@ __all__ = [
     "RuleReport",
     "Rules",
     "StorageError",
+    "TransientStorageError",
     "UpdateAssignment",
     "UpdateWorker",
     "Verdict",

@@ -187,6 +187,8 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
             table.footer(state, latest)
     except StorageError as exc:
         raise StoreFailure(f"the store failed: {exc}") from None
+    except InvalidInput as exc:  # a value the trace check let through: one line, not a traceback
+        raise UsageError(f"{_label(args.trace)}: {exc}") from None
     finally:
         close()
     return EXIT_OK

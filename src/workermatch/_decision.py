@@ -173,7 +173,8 @@ class Criterion(str, enum.Enum):
     RECENTLY_SEEN = "recently_seen"
     """Tie-break: the most recently seen candidate ranks first."""
     NEAREST_IP = "nearest_ip"
-    """Tie-break: the candidate whose IP shares the longest prefix with the request's ranks first."""
+    """Tie-break: the candidate whose IP shares the longest prefix with the request's ranks
+    first."""
     NEWEST = "newest"
     """Tie-break: the most recently created candidate ranks first."""
     OLDEST = "oldest"
@@ -339,8 +340,9 @@ def _find_assignment(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     worker = yield from _get_worker(assignment.worker_id)
     if worker is None:
         return _Found(
-            workers=[], rejected=[], detail=detail + f", whose holder {assignment.worker_id} "
-            "does not exist"
+            workers=[],
+            rejected=[],
+            detail=detail + f", whose holder {assignment.worker_id} does not exist",
         )
     return (yield from _hinted(ctx, worker, detail + f", RUNNING on {worker.id}"))
 
@@ -1083,7 +1085,9 @@ class _Writes:
         for what, key in sorted(self.order, key=lambda item: rank.get(item, 2)):
             if what == "w":
                 w = self.workers[key]
-                out.append(InsertWorker(worker=w) if key in self.inserted else UpdateWorker(worker=w))
+                out.append(
+                    InsertWorker(worker=w) if key in self.inserted else UpdateWorker(worker=w)
+                )
             else:
                 a = self.assignments[key]
                 out.append(

@@ -7,7 +7,10 @@
 * :class:`AmbiguousMatch` -- the policy asks to refuse ambiguous matches and this request had
   several candidates that could not be told apart.  Nothing was written.
 * :class:`StorageError` -- the repository failed (a dropped connection, a constraint error).
-  The store is left as it was; the driver's exception is chained as ``__cause__``.
+  The store is left as it was; the driver's exception is chained as ``__cause__``.  Its
+  ``retryable`` attribute says whether sending the same request again may succeed;
+  :class:`TransientStorageError` is the subclass for such faults (a lost connection, a
+  serialisation failure or lock timeout the repository gave up retrying).
 
 All of them derive from :class:`WorkermatchError`, so ``except WorkermatchError`` catches every
 failure the library raises on purpose.
@@ -20,6 +23,7 @@ __all__ = [
     "ClaimRefused",
     "InvalidInput",
     "StorageError",
+    "TransientStorageError",
     "WorkermatchError",
 ]
 
@@ -83,4 +87,27 @@ class StorageError(WorkermatchError):
 
     The store is left exactly as it was before the failed operation.  The driver's exception is
     available as ``__cause__``.
+
+    ``retryable`` is ``True`` when the fault is transient and sending the same request again may
+    succeed (then the exception is a :class:`TransientStorageError`); ``False`` when it will fail
+    the same way until someone changes something (a missing table, a constraint violation), or
+    when retrying is unsafe (a connection lost during ``COMMIT``: the decision may or may not
+    be stored).  ``attempts`` is how many times the repository ran the unit before giving up
+    (``None`` when it does not say).
     """
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, attempts: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.attempts = attempts
+
+
+class TransientStorageError(StorageError):
+    """A :class:`StorageError` that may go away by itself: a lost connection, a serialisation
+    failure, a deadlock or a lock timeout that the repository's own bounded retries did not
+    overcome.  ``retryable`` is always ``True``; retry the request later, with back-off."""
+
+    def __init__(self, message: str, *, attempts: int | None = None) -> None:
+        super().__init__(message, retryable=True, attempts=attempts)

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from ._errors import StorageError
-from ._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from ._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
 from ._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 
 __all__ = ["InMemoryWorkerRepository", "sequential_ids"]
@@ -81,10 +81,12 @@ class InMemoryWorkerRepository:
     # -- reads -----------------------------------------------------------------------------------
 
     def get_worker(self, worker_id: str) -> Worker | None:
+        check_id(worker_id, "worker_id")
         with self._lock:
             return self._workers.get(worker_id)
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
+        check_id(assignment_id, "assignment_id")
         with self._lock:
             return self._assignments.get(assignment_id)
 

@@ -3,7 +3,8 @@
 Every type here is frozen, keyword-only and validating: a value that exists is a valid value.
 Inputs are normalised on construction (IP addresses to canonical form, hostnames to lower case
 without a trailing dot, datetimes to UTC at millisecond resolution), so two spellings of the
-same machine compare equal.  Invalid input raises :class:`~workermatch.InvalidInput`.
+same machine compare equal.  Invalid input raises :class:`~workermatch.InvalidInput`, whose
+message quotes at most a short prefix of the rejected value (:func:`quote`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
@@ -21,6 +23,9 @@ from ._errors import InvalidInput
 __all__ = [
     "MAX_HOSTNAME_LENGTH",
     "MAX_ID_LENGTH",
+    "MAX_IP_LENGTH",
+    "MAX_TIME",
+    "MIN_TIME",
     "Assignment",
     "AssignmentStatus",
     "Event",
@@ -29,17 +34,40 @@ __all__ = [
     "Identity",
     "Worker",
     "WorkerStatus",
+    "check_id",
     "normalize_hostname",
     "normalize_ip",
     "normalize_time",
+    "quote",
 ]
 
 #: The longest hostname accepted (RFC 1035's limit for a full domain name, without the dot).
 MAX_HOSTNAME_LENGTH = 253
 #: The longest worker or assignment id accepted.
 MAX_ID_LENGTH = 255
+#: The longest IP address text accepted, without brackets: an IPv6 address written out in full
+#: with an IPv4 tail (``0000:0000:0000:0000:0000:ffff:255.255.255.255``).  Longer text is refused
+#: before it is parsed.
+MAX_IP_LENGTH = 45
 
 _UTC = timezone.utc
+
+#: The earliest time accepted (inclusive): the Unix epoch.  A request stamped earlier comes from
+#: a broken clock.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=_UTC)
+#: The latest time accepted (exclusive).  It leaves about a thousand years below
+#: ``datetime.max``, so ``now + window`` and ``now - window`` cannot overflow for any window
+#: shorter than that, and lies inside the range of every supported store's time column.
+MAX_TIME = datetime(9000, 1, 1, tzinfo=_UTC)
+
+#: How many characters of a rejected value an error message quotes, at most.
+QUOTE_LIMIT = 40
+
+# Characters refused in ids and hints: C0 and C1 control characters and DEL (PostgreSQL cannot
+# store NUL; the rest are never part of an id), and lone surrogates (not encodable as UTF-8, so
+# no SQL store can take them).
+_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 E = TypeVar("E", bound=enum.Enum)
 
 
@@ -98,30 +126,104 @@ _FINAL_ASSIGNMENT_STATES = frozenset(
 # Normalisers.  Each returns the canonical form or raises InvalidInput naming the field.
 
 
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to at most about ``limit`` characters, for error messages.
+
+    A longer string shows the prefix whose ``repr`` fits, followed by ``...``; so does any
+    other value whose ``repr`` is longer.  (:attr:`InvalidInput.value` keeps the whole value.)
+    """
+    if isinstance(value, str):
+        text = value[:limit]
+        shown = repr(text)
+        while len(shown) > limit + 2:  # escapes (\x00, \ud800) are longer than one character
+            text = text[:-1]
+            shown = repr(text)
+        return shown if len(text) == len(value) else shown + "..."
+    shown = repr(value)
+    return shown if len(shown) <= limit + 2 else shown[:limit] + "..."
+
+
+def check_id(value: object, field: str) -> str:
+    """Return ``value`` if it is a valid worker or assignment id, else raise
+    :class:`~workermatch.InvalidInput` naming ``field``.
+
+    A valid id is a string of 1 to :data:`MAX_ID_LENGTH` characters without surrounding white
+    space, control characters (``\\x00``-``\\x1f``, ``\\x7f``-``\\x9f``) or lone surrogates.
+    Repositories call it on the id given to ``get_worker`` / ``get_assignment``.
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"{field} must be a string, not {type(value).__name__}", field=field, value=value
+        )
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(
+            f"{field} is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed",
+            field=field,
+            value=value,
+        )
+    if not value or value != value.strip():
+        raise InvalidInput(
+            f"{field} {quote(value)} must be non-empty, without surrounding white space",
+            field=field,
+            value=value,
+        )
+    if _BAD_ID_CHARS.search(value):
+        raise InvalidInput(
+            f"{field} {quote(value)} contains a control character or a lone surrogate",
+            field=field,
+            value=value,
+        )
+    return value
+
+
 def normalize_ip(value: object, *, field: str = "ip") -> str:
     """Return the canonical text of an IPv4 or IPv6 address.
 
     IPv6 is compressed and lower-cased (``2001:DB8:0::1`` becomes ``2001:db8::1``); an
     IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) becomes the IPv4 address it maps, since a
     dual-stack server sees one machine under both spellings.  Brackets (``[::1]``) are accepted.
+    Rejected before parsing: text longer than :data:`MAX_IP_LENGTH` (brackets aside) and
+    non-ASCII text.  An IPv6 zone id (``fe80::1%eth0``) is rejected too: it names an interface
+    of the machine that wrote it, and the public address a request comes from never has one.
     """
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address = value
     elif isinstance(value, str):
+        if len(value) > MAX_IP_LENGTH + 2:
+            raise InvalidInput(
+                f"{field} is {len(value)} characters long; no IP address is longer than "
+                f"{MAX_IP_LENGTH}",
+                field=field,
+                value=value,
+            )
         text = value
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
-        if not text or text != text.strip():
-            raise InvalidInput(f"{field} {value!r} is not an IP address", field=field, value=value)
+        if not text or text != text.strip() or not text.isascii():
+            raise InvalidInput(
+                f"{field} {quote(value)} is not an IP address", field=field, value=value
+            )
+        if "%" in text:
+            raise InvalidInput(
+                f"{field} {quote(value)} has an IPv6 zone id (%...); a public address has none",
+                field=field,
+                value=value,
+            )
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
             raise InvalidInput(
-                f"{field} {value!r} is not an IPv4 or IPv6 address", field=field, value=value
+                f"{field} {quote(value)} is not an IPv4 or IPv6 address", field=field, value=value
             ) from None
     else:
         raise InvalidInput(
             f"{field} must be a string, not {type(value).__name__}", field=field, value=value
+        )
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        raise InvalidInput(
+            f"{field} {quote(str(addr))} has an IPv6 zone id (%...); a public address has none",
+            field=field,
+            value=value,
         )
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -132,7 +234,9 @@ def normalize_hostname(value: object, *, field: str = "hostname") -> str | None:
     """Return a hostname in canonical form: lower case, no trailing dot; ``None`` stays ``None``.
 
     Rejected: an empty name, one longer than :data:`MAX_HOSTNAME_LENGTH`, an empty label
-    (``a..b``), a label longer than 63 characters, white space or control characters.
+    (``a..b``), a label longer than 63 characters, white space, control characters or lone
+    surrogates.  Lengths are checked on the lower-cased name, which can be longer than the name
+    given (``İ``, U+0130, lower-cases to two characters).
     """
     if value is None:
         return None
@@ -142,38 +246,53 @@ def normalize_hostname(value: object, *, field: str = "hostname") -> str | None:
             field=field,
             value=value,
         )
-    text = value[:-1] if value.endswith(".") else value
-    if not text:
-        raise InvalidInput(f"{field} must not be empty", field=field, value=value)
-    if len(text) > MAX_HOSTNAME_LENGTH:
+    # Lower-casing never shortens a string: refuse what is too long already before any work.
+    if len(value) > MAX_HOSTNAME_LENGTH + 1:
         raise InvalidInput(
-            f"{field} is {len(text)} characters long; at most {MAX_HOSTNAME_LENGTH} are allowed",
+            f"{field} is {len(value)} characters long; at most {MAX_HOSTNAME_LENGTH} are allowed",
+            field=field,
+            value=value,
+        )
+    given = value[:-1] if value.endswith(".") else value
+    if not given:
+        raise InvalidInput(f"{field} must not be empty", field=field, value=value)
+    # Checked on the lower-cased name, the one that is compared and stored.
+    text = given.lower()
+    if len(text) > MAX_HOSTNAME_LENGTH:
+        grown = " in lower case" if len(text) != len(given) else ""
+        raise InvalidInput(
+            f"{field} is {len(text)} characters long{grown}; at most {MAX_HOSTNAME_LENGTH} "
+            "are allowed",
             field=field,
             value=value,
         )
     for ch in text:
         if ch.isspace() or not ch.isprintable():
             raise InvalidInput(
-                f"{field} {value!r} contains white space or a control character",
+                f"{field} {quote(value)} contains white space or an unprintable character",
                 field=field,
                 value=value,
             )
     labels = text.split(".")
     if any(not label for label in labels):
-        raise InvalidInput(f"{field} {value!r} has an empty label", field=field, value=value)
+        raise InvalidInput(f"{field} {quote(value)} has an empty label", field=field, value=value)
     if any(len(label) > 63 for label in labels):
         raise InvalidInput(
-            f"{field} {value!r} has a label longer than 63 characters", field=field, value=value
+            f"{field} {quote(value)} has a label longer than 63 characters (in lower case)",
+            field=field,
+            value=value,
         )
-    return text.lower()
+    return text
 
 
 def normalize_time(value: object, *, field: str = "now") -> datetime:
     """Return an aware datetime in UTC, truncated to whole milliseconds.
 
     Naive datetimes are rejected: the library cannot guess which clock they were read from.
-    Millisecond resolution is the coarsest of the supported stores (the real system's
-    ``timestamp(3)`` columns), so every store sees the same instants.
+    So are times before :data:`MIN_TIME` (1970) or from :data:`MAX_TIME` (the year 9000) on, so
+    that adding or subtracting a policy's windows can never overflow.  Millisecond resolution
+    is the coarsest of the supported stores (the real system's ``timestamp(3)`` columns), so
+    every store sees the same instants.
     """
     if not isinstance(value, datetime):
         raise InvalidInput(
@@ -186,25 +305,23 @@ def normalize_time(value: object, *, field: str = "now") -> datetime:
             field=field,
             value=value,
         )
-    utc = value.astimezone(_UTC)
+    try:
+        utc: datetime | None = value.astimezone(_UTC)
+    except OverflowError:  # within a day of datetime.min or datetime.max
+        utc = None
+    if utc is None or not MIN_TIME <= utc < MAX_TIME:
+        raise InvalidInput(
+            f"{field} {value.isoformat()} is outside the accepted years 1970 to 8999",
+            field=field,
+            value=value,
+        )
     return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
 def _check_id(value: object, field: str, *, optional: bool) -> str | None:
     if value is None and optional:
         return None
-    if not isinstance(value, str):
-        raise InvalidInput(
-            f"{field} must be a string, not {type(value).__name__}", field=field, value=value
-        )
-    if not value or len(value) > MAX_ID_LENGTH or value != value.strip():
-        raise InvalidInput(
-            f"{field} {value!r} must be 1 to {MAX_ID_LENGTH} characters without surrounding "
-            "white space",
-            field=field,
-            value=value,
-        )
-    return value
+    return check_id(value, field)
 
 
 def _enum_value(cls: type[E], value: object, field: str) -> E:
@@ -215,7 +332,7 @@ def _enum_value(cls: type[E], value: object, field: str) -> E:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in cls)
         raise InvalidInput(
-            f"{field} {value!r} is not one of {allowed}", field=field, value=value
+            f"{field} {quote(value)} is not one of {allowed}", field=field, value=value
         ) from None
 
 
@@ -345,6 +462,12 @@ class Event:
     def _check_message(self, _: object, value: object) -> None:
         if value is not None and not isinstance(value, str):
             raise InvalidInput("message must be a string or None", field="message", value=value)
+        if value is not None and _SURROGATE.search(value):
+            raise InvalidInput(
+                f"message {quote(value)} contains a lone surrogate (not encodable as UTF-8)",
+                field="message",
+                value=value,
+            )
 
     def __attrs_post_init__(self) -> None:
         if self.kind is EventKind.CLAIM and self.assignment_id is None:

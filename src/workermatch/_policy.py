@@ -19,7 +19,6 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidInput
 from ._decision import (
     DEFAULT_RULES,
     LEGACY_RULES,
@@ -30,6 +29,7 @@ from ._decision import (
     Rule,
     Rules,
 )
+from ._errors import InvalidInput
 from ._model import EventKind
 
 __all__ = [

@@ -33,11 +33,11 @@ from typing import Any, TextIO
 
 import attrs
 
+from ._decision import Effect, Guard
 from ._engine import apply_event
 from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput
 from ._memory import InMemoryWorkerRepository, sequential_ids
 from ._model import AssignmentStatus, Event, EventKind, Identity
-from ._decision import Effect, Guard
 from ._policy import (
     DEFAULT_POLICY,
     LEGACY_POLICY,
@@ -933,7 +933,7 @@ def _candidates() -> dict[str, Policy]:
             ranking=tuple(c for c in rules.ranking if c is not Criterion.HEARTBEATS)
         ),
         "hostname-first": table(
-            rows=tuple(r for r in rules.rows if r.rule is not Rule.RECENT_ORPHAN) + (orphan,)
+            rows=(*tuple(r for r in rules.rows if r.rule is not Rule.RECENT_ORPHAN), orphan)
         ),
         "orphan-unweighed": table(
             rows=tuple(

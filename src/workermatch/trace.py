@@ -29,7 +29,7 @@ import attrs
 from ._decision import Decision, Outcome, choose
 from ._engine import apply_event, run
 from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput
-from ._model import AssignmentStatus, Event, EventKind, Identity, normalize_time
+from ._model import AssignmentStatus, Event, EventKind, Identity, normalize_time, quote
 from ._policy import Policy, Rule
 from ._protocol import WorkerRepository
 
@@ -67,6 +67,9 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
 _NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?")
+# The longest time text parse_time reads (a fraction of up to 35 digits and an offset); longer
+# text is refused before it is parsed.
+_MAX_TIME_TEXT = 64
 
 
 class TraceError(InvalidInput):
@@ -92,16 +95,24 @@ def parse_time(text: object, *, field: str = "at") -> datetime:
             field=field,
             value=text,
         )
+    if len(text) > _MAX_TIME_TEXT:
+        raise InvalidInput(
+            f"{field} is {len(text)} characters long; an RFC 3339 time has at most "
+            f"{_MAX_TIME_TEXT}",
+            field=field,
+            value=text,
+        )
     m = _RFC3339.fullmatch(text)
     if m is None:
         if _NAIVE.fullmatch(text):
             raise InvalidInput(
-                f"{field} {text!r} has no UTC offset; write it as {text}Z (UTC) or with +hh:mm",
+                f"{field} {quote(text)} has no UTC offset; write it as {text}Z (UTC) or with "
+                "+hh:mm",
                 field=field,
                 value=text,
             )
         raise InvalidInput(
-            f"{field} {text!r} is not an RFC 3339 time such as 2025-11-06T10:00:21.4Z",
+            f"{field} {quote(text)} is not an RFC 3339 time such as 2025-11-06T10:00:21.4Z",
             field=field,
             value=text,
         )
@@ -110,7 +121,7 @@ def parse_time(text: object, *, field: str = "at") -> datetime:
         tz = _UTC
     else:
         if int(oh) > 23 or int(om) > 59:
-            raise InvalidInput(f"{field} {text!r} has an invalid UTC offset", field=field)
+            raise InvalidInput(f"{field} {quote(text)} has an invalid UTC offset", field=field)
         offset = timedelta(hours=int(oh), minutes=int(om))
         tz = timezone(-offset if sign == "-" else offset)
     micro = int((frac or "0")[:6].ljust(6, "0"))
@@ -119,7 +130,9 @@ def parse_time(text: object, *, field: str = "at") -> datetime:
             int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
         )
     except ValueError as exc:
-        raise InvalidInput(f"{field} {text!r} is not a valid time: {exc}", field=field) from None
+        raise InvalidInput(
+            f"{field} {quote(text)} is not a valid time: {exc}", field=field
+        ) from None
     return normalize_time(value, field=field)
 
 
@@ -163,7 +176,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {quote(key)}")
         out[key] = value
     return out
 
@@ -187,7 +200,7 @@ def _parse_line(text: str, lineno: int) -> TraceRecord:
     unknown = sorted(set(obj) - set(TRACE_KEYS))
     if unknown:
         raise TraceError(
-            f"unknown key {unknown[0]!r}; a trace line has only {', '.join(TRACE_KEYS)}",
+            f"unknown key {quote(unknown[0])}; a trace line has only {', '.join(TRACE_KEYS)}",
             line=lineno,
             field=unknown[0],
         )
@@ -199,9 +212,9 @@ def _parse_line(text: str, lineno: int) -> TraceRecord:
     except InvalidInput as exc:
         raise TraceError(str(exc), line=lineno, field="at", value=obj["at"]) from None
     kind = obj["kind"]
-    if kind not in {k.value for k in EventKind}:
+    if not isinstance(kind, str) or kind not in {k.value for k in EventKind}:
         raise TraceError(
-            f"kind {kind!r} is not one of " + ", ".join(repr(k.value) for k in EventKind),
+            f"kind {quote(kind)} is not one of " + ", ".join(repr(k.value) for k in EventKind),
             line=lineno,
             field="kind",
             value=kind,
@@ -377,9 +390,7 @@ def replay(
             outcome = apply_event(event, record.at, repo, policy, create_assignments=True)
         except ClaimRefused as exc:
             decision = run(
-                choose(
-                    event.identity, record.at, policy, event.kind, claiming=event.assignment_id
-                ),
+                choose(event.identity, record.at, policy, event.kind, claiming=event.assignment_id),
                 repo,
             )
             yield ReplayLine(

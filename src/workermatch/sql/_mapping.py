@@ -239,5 +239,6 @@ PRISMA_MAPPING = TableMapping(
 """The real system's Prisma schema (tables ``workers`` and ``assignments``, camelCase columns,
 enum types ``"WorkerStatus"`` and ``"AssignmentStatus"``).  The library's session fields live in
 six nullable columns it adds to ``workers``: ``"wmAssignmentId"``, ``"wmSessionEndedAt"``,
-``"wmMergedInto"``, ``"wmHostnameSeenAt"``, ``"wmContested"`` and ``"wmHeldEnd"``.  An assignment the library inserts (replays only) gets ``"superStudyId"``
-``'workermatch'`` and ``"index"`` 0; ``"updatedAt"`` is set on every write."""
+``"wmMergedInto"``, ``"wmHostnameSeenAt"``, ``"wmContested"`` and ``"wmHeldEnd"``.  An
+assignment the library inserts (replays only) gets ``"superStudyId"`` ``'workermatch'`` and
+``"index"`` 0; ``"updatedAt"`` is set on every write."""

@@ -4,12 +4,16 @@ How a decision is made atomic and race-safe, per database (``docs/sql.md`` says 
 safe):
 
 * **PostgreSQL**: every transaction runs at ``SERIALIZABLE`` (serializable snapshot isolation);
-  a serialisation failure or deadlock rolls the unit back and runs it again.
+  a serialisation failure, deadlock or lock timeout rolls the unit back and runs it again.
 * **MariaDB / MySQL**: ``SERIALIZABLE`` (InnoDB turns every read into a locking read with
   next-key locks on the index ranges it scans); a deadlock or lock wait timeout rolls the unit
   back and runs it again.
 * **SQLite**: every transaction starts with ``BEGIN IMMEDIATE``, which takes the database's
   write lock before the first read; threads of one process also share a lock.
+
+Runs again follow a :class:`~workermatch.sql.RetryPolicy` (jittered exponential back-off,
+bounded in attempts and time); every failure is classified (:meth:`SQLWorkerRepository._fault`)
+into a :class:`~workermatch.StorageError` whose ``retryable`` says whether to try again.
 
 The reads of one unit are cached for the rest of the unit: the worker queries fetch the
 ``RUNNING`` assignments of the workers they return in the same statement, so a heartbeat that
@@ -21,9 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
+import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -31,22 +34,41 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from .._errors import InvalidInput, StorageError
-from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from .._errors import InvalidInput, StorageError, TransientStorageError
+from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from ._mapping import DEFAULT_MAPPING, TableMapping
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._tables import Tables, build_tables
 
 __all__ = ["SQLWorkerRepository", "normalize_url"]
 
 T = TypeVar("T")
 
-#: How many times a unit is run before a serialisation failure is reported as a StorageError.
-MAX_ATTEMPTS = 200
+#: The SQLite busy timeout of the engines :meth:`SQLWorkerRepository.from_url` makes: how long a
+#: statement waits for another process's write lock before SQLite reports "database is locked".
+SQLITE_BUSY_TIMEOUT = 30.0
+
+# What a driver error means (see SQLWorkerRepository._fault).
+_CONFLICT = "conflict"  # rolled back by the database; running the unit again is safe
+_TRANSIENT = "transient"  # the connection or the server failed; the request may succeed later
+_PERMANENT = "permanent"  # fails the same way until someone changes something
+
+# PostgreSQL SQLSTATEs: serialisation failure, deadlock, lock timeout (lock_not_available).
+_PG_CONFLICT = frozenset({"40001", "40P01", "55P03"})
+# Out of memory, too many connections, admin / crash shutdown, cannot connect now.  (Disk full,
+# 53100, is left permanent: it does not go away by itself within a retry.)
+_PG_TRANSIENT = frozenset({"53200", "53300", "57P01", "57P02", "57P03"})
+# MariaDB / MySQL error numbers: deadlock, lock wait timeout.
+_MY_CONFLICT = frozenset({1213, 1205})
+# Too many connections, server shutdown, connection killed (MariaDB), can't connect, server
+# gone away, lost connection, commands out of sync after a loss, disconnected for inactivity.
+_MY_TRANSIENT = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013, 2014, 2055, 4031})
 
 _PLAIN_DRIVERS = {
     "postgresql": "postgresql+psycopg",
@@ -95,7 +117,8 @@ class SQLWorkerRepository:
     ``engine`` is a SQLAlchemy engine (see :meth:`from_url` to make one from a URL);
     ``mapping`` says which tables and columns to use (:data:`DEFAULT_MAPPING`: the library's
     own tables; :data:`PRISMA_MAPPING`: the real system's); ``id_factory`` makes new worker ids
-    (default: random UUIDs).  Safe to share between threads.
+    (default: random UUIDs); ``retry`` says when a unit that hit a conflict runs again
+    (:data:`~workermatch.sql.DEFAULT_RETRY`).  Safe to share between threads.
     """
 
     def __init__(
@@ -104,6 +127,7 @@ class SQLWorkerRepository:
         *,
         mapping: TableMapping = DEFAULT_MAPPING,
         id_factory: Callable[[], str] | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         if not isinstance(engine, Engine):
             raise InvalidInput(
@@ -122,10 +146,16 @@ class SQLWorkerRepository:
             raise InvalidInput(
                 f"unsupported database {self._backend!r}", field="engine", value=engine
             )
+        if not isinstance(retry, RetryPolicy):
+            raise InvalidInput(
+                f"retry must be a RetryPolicy, not {type(retry).__name__}",
+                field="retry",
+                value=retry,
+            )
         self._own_engine = False
-        #: How many times a unit was rolled back and run again after a serialisation failure
-        #: or deadlock (a figure for monitoring; it never affects results).
-        self.retries = 0
+        self.retry = retry
+        self._retries = 0
+        self._retries_lock = threading.Lock()
         self.mapping = mapping
         self._t: Tables = build_tables(mapping)
         self._id_factory = id_factory or _uuid_ids
@@ -152,6 +182,13 @@ class SQLWorkerRepository:
         self._bind = _sqlite_time if self._backend == "sqlite" else _naive_utc
         self._build_statements()
 
+    @property
+    def retries(self) -> int:
+        """How many times a unit was rolled back and run again after a conflict (serialisation
+        failure, deadlock, lock timeout, locked SQLite database): a figure for monitoring; it
+        never affects results."""
+        return self._retries
+
     @classmethod
     def from_url(
         cls,
@@ -159,30 +196,39 @@ class SQLWorkerRepository:
         *,
         mapping: TableMapping = DEFAULT_MAPPING,
         id_factory: Callable[[], str] | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
         **engine_options: Any,
     ) -> SQLWorkerRepository:
         """A repository on a new engine for ``url``: ``sqlite:///file.db``, ``sqlite://``
         (memory, private to this repository), ``postgresql://user@host:5432/db``,
         ``mysql://...`` or ``mariadb://...``; a SQLAlchemy URL with an explicit driver is used
         as is.  :meth:`close` disposes of the engine.  ``engine_options`` go to
-        :func:`sqlalchemy.create_engine`."""
+        :func:`sqlalchemy.create_engine`; ``connect_args`` given there are merged into the
+        library's own (SQLite's ``timeout``, the busy timeout, defaults to
+        :data:`SQLITE_BUSY_TIMEOUT`).  Server engines check a pooled connection before handing
+        it out (``pool_pre_ping=True``), so a connection the server dropped is replaced."""
         parsed = normalize_url(url)
         backend = parsed.get_backend_name()
         options: dict[str, Any] = {}
+        args: dict[str, Any]
         if backend == "sqlite":
-            args: dict[str, Any] = {"check_same_thread": False}
+            args = {"check_same_thread": False}
             if parsed.database in (None, "", ":memory:"):
                 options["poolclass"] = StaticPool
             else:
-                args["timeout"] = 30.0
-            options["connect_args"] = args
+                args["timeout"] = SQLITE_BUSY_TIMEOUT
         else:
             options["isolation_level"] = "SERIALIZABLE"
-            options["pool_pre_ping"] = False
+            options["pool_pre_ping"] = True
             if backend in ("mysql", "mariadb"):
-                options["connect_args"] = {"init_command": "SET time_zone = '+00:00'"}
+                args = {"init_command": "SET time_zone = '+00:00'"}
             else:
-                options["connect_args"] = {"options": "-c timezone=UTC"}
+                args = {"options": "-c timezone=UTC"}
+        given = dict(engine_options.pop("connect_args", None) or {})
+        if backend == "postgresql" and "options" in given:
+            given["options"] = f"{args['options']} {given['options']}"
+        args.update(given)
+        options["connect_args"] = args
         options.update(engine_options)
         try:
             engine = sa.create_engine(parsed, **options)
@@ -190,7 +236,7 @@ class SQLWorkerRepository:
             raise StorageError(f"cannot create an engine for {parsed!r}: {exc}") from exc
         if backend == "sqlite" and "poolclass" not in options:
             event.listen(engine, "connect", _sqlite_wal)
-        repo = cls(engine, mapping=mapping, id_factory=id_factory)
+        repo = cls(engine, mapping=mapping, id_factory=id_factory, retry=retry)
         repo._own_engine = True
         return repo
 
@@ -206,7 +252,8 @@ class SQLWorkerRepository:
     # -- schema ----------------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create what the repository needs where it is missing (idempotent).
+        """Create what the repository needs where it is missing (idempotent), then
+        :meth:`check_schema`.
 
         With a mapping that owns its tables: the two tables and their indexes.  With
         ``owns_tables=False`` (someone else's tables, e.g. :data:`PRISMA_MAPPING`): the nullable
@@ -231,8 +278,100 @@ class SQLWorkerRepository:
                 }
                 if index.name not in names:
                     index.create(conn)
+            self._check_collations(conn)
 
         self._ddl(run)
+
+    def check_schema(self) -> None:
+        """Check, without changing anything, that the mapped tables and columns exist and that
+        every id and hostname column compares exactly.
+
+        A column whose collation makes two different ids or hostnames equal (on MariaDB /
+        MySQL any collation but a binary one, such as the default ``utf8mb4_general_ci`` or
+        ``utf8mb4_uca1400_ai_ci``; on PostgreSQL a nondeterministic collation; on SQLite
+        ``NOCASE`` or ``RTRIM``) would make the store decide differently from the reference
+        (a claim of ``a1`` refused because ``A1`` runs): a
+        :class:`~workermatch.StorageError` naming the table, the column and the collation.
+        """
+
+        def run(conn: Connection) -> None:
+            insp = sa.inspect(conn)
+            schema = self.mapping.schema
+            for table, wanted in (
+                (self._t.workers, self._t.w.values()),
+                (self._t.assignments, self._t.a.values()),
+            ):
+                if not insp.has_table(table.name, schema=schema):
+                    raise StorageError(f"table {table.fullname!r} does not exist")
+                have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
+                missing = [c.name for c in wanted if c.name not in have]
+                if missing:
+                    raise StorageError(
+                        f"table {table.fullname!r} has no column(s) {', '.join(missing)}; "
+                        "check the mapping or run create_schema()"
+                    )
+            self._check_collations(conn)
+
+        self._ddl(run)
+
+    def _check_collations(self, conn: Connection) -> None:
+        found = self._collations(conn)
+        for col in self._t.exact:
+            table = col.table
+            collation = found.get((table.name, col.name))
+            if collation is None or collation[1]:
+                continue
+            fix = {
+                "postgresql": 'a deterministic collation (the database default, or "C")',
+                "sqlite": "the default BINARY collation",
+            }.get(self._backend, "a binary collation, utf8mb4_bin")
+            raise StorageError(
+                f"column {col.name!r} of table {table.name!r} uses collation "
+                f"{collation[0]!r}, which compares different ids or hostnames as equal (case, "
+                f"accents, width or Unicode normalisation ignored); give it {fix}"
+            )
+
+    def _collations(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(table, column) -> (collation, whether it compares exactly), for the two tables'
+        text columns that have a collation."""
+        tables = [self._t.workers.name, self._t.assignments.name]
+        schema = self.mapping.schema
+        out: dict[tuple[str, str], tuple[str, bool]] = {}
+        if self._backend in ("mysql", "mariadb"):
+            rows = conn.execute(
+                sa.text(
+                    "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())"
+                    " AND TABLE_NAME IN (:t1, :t2) AND COLLATION_NAME IS NOT NULL"
+                ),
+                {"schema": schema, "t1": tables[0], "t2": tables[1]},
+            )
+            for table, column, collation in rows:
+                name = str(collation).lower()
+                out[(table, column)] = (collation, name == "binary" or name.endswith("_bin"))
+        elif self._backend == "postgresql":
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.relname, a.attname, co.collname, co.collisdeterministic"
+                    " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " JOIN pg_collation co ON co.oid = a.attcollation"
+                    " WHERE n.nspname = COALESCE(:schema, current_schema())"
+                    " AND c.relname IN (:t1, :t2) AND a.attnum > 0 AND NOT a.attisdropped"
+                ),
+                {"schema": schema, "t1": tables[0], "t2": tables[1]},
+            )
+            for table, column, collation, deterministic in rows:
+                out[(table, column)] = (collation, bool(deterministic))
+        else:
+            master = "sqlite_master" if schema is None else f'"{schema}".sqlite_master'
+            for table in tables:
+                sql = conn.exec_driver_sql(
+                    f"SELECT sql FROM {master} WHERE type = 'table' AND name = ?", (table,)
+                ).scalar()
+                for column, collation in _sqlite_collations(str(sql or "")).items():
+                    out[(table, column)] = (collation, collation.upper() == "BINARY")
+        return out
 
     def _add_missing(self, conn: Connection, insp: sa.Inspector, fields: Sequence[str]) -> None:
         """Add the nullable worker columns of ``fields`` that the workers table lacks."""
@@ -312,7 +451,7 @@ class SQLWorkerRepository:
                     with conn.begin():
                         run(conn)
             except SQLAlchemyError as exc:
-                raise _storage_error("changing the schema", exc) from _cause(exc)
+                raise self._error("changing the schema", exc) from _cause(exc)
 
     def reset(self) -> None:
         """Delete every row of the mapped tables (assignments first)."""
@@ -351,10 +490,13 @@ class SQLWorkerRepository:
     # -- reads -----------------------------------------------------------------------------------
 
     def get_worker(self, worker_id: str) -> Worker | None:
+        check_id(worker_id, "worker_id")
         found = self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
+        check_id(assignment_id, "assignment_id")
+
         def run() -> Assignment | None:
             rows = self._raw(self._r_assignment, {"aid": assignment_id})
             return self._assignment(rows[0]) if rows else None
@@ -502,7 +644,8 @@ class SQLWorkerRepository:
         # "Same IP or same hostname" is a UNION of two index lookups, each pinned to its index on
         # SQLite: without statistics its planner otherwise picks the status index and reads every
         # RUNNING worker.
-        ip_idx, host_idx = (ix.name for ix in t.indexes[:2])
+        quote = self.engine.dialect.identifier_preparer.quote
+        ip_idx, host_idx = (quote(str(ix.name)) for ix in t.indexes[:2])
         for q in (self._q_workers, self._q_workers_joined):
             q["stale_ip"] = q["stale_ip"].with_hint(t.workers, f"INDEXED BY {ip_idx}", "sqlite")
             q["stale_host"] = q["stale_host"].with_hint(
@@ -540,50 +683,86 @@ class SQLWorkerRepository:
         self._r_upd_assignment = _Raw(self._upd_assignment, d, a_keys[1:])
 
     def atomically(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one transaction and return its result (a unit already running in this
+        thread just calls ``fn``).
+
+        A conflict (serialisation failure, deadlock, lock timeout, locked SQLite database)
+        rolls the unit back and runs it again after a back-off, as :attr:`retry` says; once
+        that gives up, a :class:`~workermatch.TransientStorageError`.  Any other database
+        failure is a :class:`~workermatch.StorageError` at once (``retryable`` when the
+        connection or the server failed); the connection it happened on is discarded.  An
+        exception of ``fn``'s own goes through unchanged, after the rollback.
+        """
         unit = self._unit
         if unit.conn is not None:
             return fn()
+        policy = self.retry
         with self._locked():
+            started = policy.clock()
             attempt = 0
             while True:
                 attempt += 1
                 try:
                     conn = self.engine.connect()
                 except SQLAlchemyError as exc:
-                    raise _storage_error("connecting", exc) from _cause(exc)
+                    raise self._error("connecting", exc, attempts=attempt) from _cause(exc)
                 unit.conn, unit.running = conn, {}
+                pause: float | None = None
                 try:
+                    committing = False
                     try:
                         conn.begin()
                         result = fn()
+                        committing = True
                         conn.commit()
                         return result
                     except BaseException as exc:
                         _quiet_rollback(conn)
-                        err = exc
                         if isinstance(exc, SQLAlchemyError):
-                            err = _storage_error("committing", exc)
-                            err.__cause__ = _cause(exc)
-                        if (
-                            isinstance(err, StorageError)
-                            and attempt < MAX_ATTEMPTS
-                            and self._retryable(err.__cause__)
+                            cause = _cause(exc)
+                            what = "committing" if committing else "running a unit"
+                            message = _message(what, cause)
+                        elif isinstance(exc, StorageError) and isinstance(
+                            exc.__cause__, self._dbapi_error
                         ):
-                            self.retries += 1
-                            time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
-                            continue
-                        if isinstance(err, StorageError) and err.__cause__ is not None:
+                            cause, message = exc.__cause__, str(exc)
+                        else:
+                            raise  # fn's own exception, or a StorageError of the library's
+                        fault = self._fault(cause)
+                        if fault == _CONFLICT:
+                            elapsed = policy.clock() - started
+                            delay = policy.delay(attempt)
+                            if attempt < policy.max_attempts and elapsed + delay <= policy.max_time:
+                                pause = delay
+                            else:
+                                raise TransientStorageError(
+                                    f"{message} (gave up after {attempt} attempt"
+                                    f"{'s' if attempt != 1 else ''} in {elapsed:.2f} s; the "
+                                    "database kept reporting conflicts: retry later)",
+                                    attempts=attempt,
+                                ) from cause
+                        else:
                             # The connection may be dead or half-way through something: never
                             # hand it back to the pool.
                             with contextlib.suppress(Exception):
                                 conn.invalidate()
-                        if err is exc:
-                            raise
-                        raise err from _cause(exc)
+                            if committing and fault == _TRANSIENT:
+                                raise StorageError(
+                                    f"{message} (the connection failed during COMMIT: the "
+                                    "unit may or may not have been stored)",
+                                    retryable=False,
+                                    attempts=attempt,
+                                ) from cause
+                            raise _make_error(message, fault, attempt) from cause
                 finally:
                     unit.conn, unit.running = None, None
                     with contextlib.suppress(Exception):
                         conn.close()
+                # A conflict: the connection is back in the pool while we wait.
+                assert pause is not None
+                with self._retries_lock:
+                    self._retries += 1
+                policy.sleep(pause)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -604,7 +783,7 @@ class SQLWorkerRepository:
         try:
             return fn()
         except SQLAlchemyError as exc:
-            raise _storage_error(what, exc) from _cause(exc)
+            raise self._error(what, exc) from _cause(exc)
 
     def _read(self, what: str, fn: Callable[[], T]) -> T:
         if self._unit.conn is not None:
@@ -623,8 +802,9 @@ class SQLWorkerRepository:
         conn = self._conn()
         args: Any = stmt.params(params, self._bind)
         statement = stmt.sql
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = None
         try:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             if conn._has_events or conn.engine._has_events:
                 for fn in conn.dispatch.before_cursor_execute:
                     statement, args = fn(conn, cursor, statement, args, None, False)
@@ -633,8 +813,9 @@ class SQLWorkerRepository:
         except self._dbapi_error as exc:
             raise StorageError(f"the database failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            with contextlib.suppress(Exception):
-                cursor.close()
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
 
     def _workers(self, what: str, query: str, params: dict[str, Any]) -> list[Worker]:
         def run() -> list[Worker]:
@@ -727,16 +908,50 @@ class SQLWorkerRepository:
             return sa.text("UTC_TIMESTAMP(3)")
         return sa.text("strftime('%Y-%m-%d %H:%M:%f', 'now')")
 
-    def _retryable(self, cause: BaseException | None) -> bool:
-        if cause is None:
-            return False
+    def _fault(self, cause: BaseException) -> str:
+        """Classify a driver exception: a conflict (the database rolled the transaction back;
+        run the unit again), transient (the connection or server failed; the request may
+        succeed later) or permanent."""
         if self._backend == "postgresql":
-            return getattr(cause, "sqlstate", None) in ("40001", "40P01")
-        if self._backend in ("mysql", "mariadb"):
+            state = getattr(cause, "sqlstate", None)
+            if state in _PG_CONFLICT:
+                return _CONFLICT
+            if state in _PG_TRANSIENT or (isinstance(state, str) and state.startswith("08")):
+                return _TRANSIENT
+        elif self._backend in ("mysql", "mariadb"):
             args: tuple[Any, ...] = tuple(getattr(cause, "args", ()))
-            return bool(args) and args[0] in (1213, 1205)
-        text = str(cause).lower()
-        return "database is locked" in text or "database is busy" in text
+            code = args[0] if args else None
+            if code in _MY_CONFLICT:
+                return _CONFLICT
+            if code in _MY_TRANSIENT:
+                return _TRANSIENT
+        else:
+            text = str(cause).lower()
+            if "database is locked" in text or "database is busy" in text:
+                return _CONFLICT
+        try:
+            if isinstance(cause, self._dbapi_error) and self.engine.dialect.is_disconnect(
+                cause,  # type: ignore[arg-type]  # the driver's own Error class
+                None,
+                None,
+            ):
+                return _TRANSIENT
+        except Exception:  # pragma: no cover - a dialect that cannot tell
+            pass
+        return _PERMANENT
+
+    def _error(self, what: str, exc: BaseException, *, attempts: int | None = None) -> StorageError:
+        """The StorageError for a SQLAlchemy or driver exception raised while ``what``."""
+        cause = _cause(exc)
+        return _make_error(_message(what, cause), self._fault(cause), attempts)
+
+
+class _SQLiteHintingCompiler(SQLiteCompiler):
+    """SQLite's statement compiler, emitting a table's ``with_hint`` text after its name (where
+    SQLite's ``INDEXED BY`` goes); SQLAlchemy's own drops it."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
 
 
 class _Raw:
@@ -747,7 +962,12 @@ class _Raw:
     def __init__(
         self, stmt: Any, dialect: sa.Dialect, column_keys: list[str] | None = None
     ) -> None:
-        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        compiled: Any
+        if dialect.name == "sqlite":
+            # SQLAlchemy's SQLite compiler drops table hints; ours emits them (INDEXED BY).
+            compiled = _SQLiteHintingCompiler(dialect, stmt, column_keys=column_keys)
+        else:
+            compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
         self.sql: str = str(compiled)
         self.positional: list[str] | None = (
             list(compiled.positiontup) if compiled.positiontup is not None else None
@@ -825,9 +1045,44 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _storage_error(what: str, exc: BaseException) -> StorageError:
-    cause = _cause(exc)
-    return StorageError(f"the database failed while {what}: {type(cause).__name__}: {cause}")
+def _sqlite_collations(create_table: str) -> dict[str, str]:
+    """Column -> the collation its definition names (``COLLATE x``), from SQLite's ``CREATE
+    TABLE`` text (columns without one compare with ``BINARY``)."""
+    start, end = create_table.find("("), create_table.rfind(")")
+    if start < 0 or end < start:
+        return {}
+    out: dict[str, str] = {}
+    depth, part, parts = 0, "", []
+    for ch in create_table[start + 1 : end]:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(part)
+            part = ""
+        else:
+            part += ch
+    parts.append(part)
+    for definition in parts:
+        m = re.match(r'\s*(?:"((?:[^"]|"")+)"|`([^`]+)`|\[([^\]]+)\]|(\w+))', definition)
+        if m is None:
+            continue
+        name = next(g for g in m.groups() if g is not None).replace('""', '"')
+        coll = re.search(r'\bCOLLATE\s+"?(\w+)"?', definition, re.IGNORECASE)
+        if coll is not None:
+            out[name] = coll.group(1)
+    return out
+
+
+def _message(what: str, cause: BaseException) -> str:
+    return f"the database failed while {what}: {type(cause).__name__}: {cause}"
+
+
+def _make_error(message: str, fault: str, attempts: int | None) -> StorageError:
+    if fault == _PERMANENT:
+        return StorageError(message, attempts=attempts)
+    return TransientStorageError(message, attempts=attempts)
 
 
 def _quiet_rollback(conn: Connection) -> None:

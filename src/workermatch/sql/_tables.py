@@ -11,9 +11,26 @@ from sqlalchemy.dialects import mysql, postgresql
 
 from ._mapping import ASSIGNMENT_FIELDS, WORKER_FIELDS, TableMapping
 
-__all__ = ["Tables", "UTCDateTime", "build_tables"]
+__all__ = ["EXACT_COLLATIONS", "Tables", "UTCDateTime", "build_tables", "exact_string"]
 
 _UTC = timezone.utc
+
+#: The collation of the library's id and hostname columns on MariaDB / MySQL: compares code
+#: points, so ``a1`` and ``A1``, ``job-e`` and ``job-é``, ``job-s`` and ``job-ß`` differ (as in
+#: Python, SQLite's ``BINARY`` and PostgreSQL's deterministic collations).
+EXACT_COLLATIONS = {"mysql": "utf8mb4_bin", "mariadb": "utf8mb4_bin"}
+
+
+def exact_string(length: int) -> Any:
+    """A ``VARCHAR(length)`` whose equality is exact (code point for code point) on every
+    database: ``utf8mb4_bin`` on MariaDB / MySQL, whose default collations ignore case and
+    accents; the default elsewhere (SQLite ``BINARY``, PostgreSQL's database collation, which
+    is always deterministic)."""
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation=EXACT_COLLATIONS["mysql"]),
+        "mysql",
+        "mariadb",
+    )
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -63,7 +80,8 @@ def _status_type(type_name: str | None, values: list[str], schema: str | None) -
 
 @attrs.frozen
 class Tables:
-    """The two tables, and the library's indexes on them."""
+    """The two tables, and the library's indexes on them.  ``exact`` lists the columns whose
+    equality must be exact (the ids, the references to ids, the hostname)."""
 
     mapping: TableMapping
     metadata: sa.MetaData
@@ -73,17 +91,29 @@ class Tables:
     a: dict[str, sa.Column[Any]]
     indexes: tuple[sa.Index, ...]
 
+    @property
+    def exact(self) -> tuple[sa.Column[Any], ...]:
+        w, a = self.w, self.a
+        return (
+            w["id"],
+            w["hostname"],
+            w["assignment_id"],
+            w["merged_into"],
+            a["id"],
+            a["worker_id"],
+        )
+
 
 def build_tables(mapping: TableMapping) -> Tables:
     """The SQLAlchemy view of ``mapping``'s tables (only the columns the library uses, plus the
     columns it fills: defaults and ``updated_at``)."""
     md = sa.MetaData(schema=mapping.schema)
     wc, ac = mapping.worker_columns, mapping.assignment_columns
-    id_type = sa.String(255)
+    id_type = exact_string(255)
     worker_cols: dict[str, sa.Column[Any]] = {
         "id": sa.Column(wc["id"], id_type, primary_key=True),
         "ip": sa.Column(wc["ip"], sa.String(45), nullable=False),
-        "hostname": sa.Column(wc["hostname"], sa.String(253), nullable=True),
+        "hostname": sa.Column(wc["hostname"], exact_string(253), nullable=True),
         "created_at": sa.Column(wc["created_at"], UTCDateTime(), nullable=False),
         "last_seen": sa.Column(wc["last_seen"], UTCDateTime(), nullable=False),
         "status": sa.Column(

@@ -10,7 +10,8 @@ root never imports this module.
 * :class:`RepositoryStateMachine` -- a Hypothesis state machine driving your repository and the
   reference side by side (``run_state_machine_as_test(lambda: RepositoryStateMachine(f))``).
 * Strategies: :func:`ip_addresses`, :func:`hostnames`, :func:`identities`, :func:`workers`,
-  :func:`assignments`, :func:`policies` and :func:`fleet_streams` (with ground truth).
+  :func:`assignments`, :func:`policies` and :func:`fleet_streams` (with ground truth); ids and
+  hostnames include :func:`lookalikes` (differing only in case, accents, NFC/NFD or width).
 
 ``docs/conformance.md`` is the guide.
 """
@@ -31,6 +32,7 @@ from ._strategies import (
     hostnames,
     identities,
     ip_addresses,
+    lookalikes,
     policies,
     rule_tables,
     spell_hostname,
@@ -53,6 +55,7 @@ __all__ = [
     "hostnames",
     "identities",
     "ip_addresses",
+    "lookalikes",
     "policies",
     "rule_tables",
     "spell_hostname",

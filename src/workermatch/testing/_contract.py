@@ -47,9 +47,11 @@ U = TypeVar("U")
 R = TypeVar("R", bound=WorkerRepository)
 
 _IPS = ("10.0.0.1", "10.0.0.2", "2001:db8::1")
-_HOSTS = ("alpha", "beta")
-_WORKER_IDS = tuple(f"w{i}" for i in range(1, 9))
-_ASSIGNMENT_IDS = tuple(f"A{i}" for i in range(1, 7))
+# Ids and hostnames that differ only in case, accents (composed and decomposed), width or
+# "\u00df": a store must keep them apart exactly as Python's ``==`` does.
+_HOSTS = ("alpha", "\u00e1lpha", "a\u0301lpha", "\uff41lpha", "beta")
+_WORKER_IDS = ("w1", "W1", "w\u00e9", "we\u0301", "w2", "\uff572", "ws", "w\u00df")
+_ASSIGNMENT_IDS = ("A1", "a1", "A2", "\u00c12", "A\u03012", "\uff212")
 
 
 def _times() -> st.SearchStrategy[datetime]:

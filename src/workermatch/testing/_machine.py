@@ -19,8 +19,10 @@ from ._strategies import EPOCH, policies, spell_hostname
 __all__ = ["RepositoryStateMachine"]
 
 _IPS = ("10.0.0.1", "10.0.0.2", "::ffff:10.0.0.3", "2001:DB8::1", "[2001:db8::2]")
-_HOSTS = ("alpha", "Beta", "GAMMA.")
-_ASSIGNMENTS = ("A1", "A2", "A3", "A4")
+# With lookalikes: hostnames that differ only in accents (composed or decomposed) or width,
+# assignment ids that differ only in case or accents.
+_HOSTS = ("alpha", "Beta", "GAMMA.", "\u00c1lpha", "a\u0301lpha", "\uff41lpha")
+_ASSIGNMENTS = ("A1", "a1", "A2", "\u00c12", "A\u03012")
 _STEPS = (0.0, 0.2, 3.0, 29.0, 31.0, 125.0, 301.0, 700.0)
 
 

@@ -3,6 +3,10 @@
 Every strategy is a function with a plural name and keyword-only arguments; a bad combination
 of arguments raises :class:`hypothesis.errors.InvalidArgument` when the strategy is built.
 
+Ids and hostnames include *lookalikes*: texts that differ only in case, accents, Unicode
+normalisation (NFC or NFD) or width (fullwidth letters), which a store must keep apart exactly
+as Python's ``==`` does (a database collation that ignores case or accents does not).
+
 The fleet streams follow the real client's timing (``docs/conformance.md`` has the details):
 a claim without hostname from the command-line process, a GUI that starts seconds to minutes
 later and sends two heartbeats at once, then a heartbeat every 30 s with the hostname and
@@ -22,14 +26,6 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from .._model import (
-    Assignment,
-    AssignmentStatus,
-    Event,
-    Identity,
-    Worker,
-    WorkerStatus,
-)
 from .._decision import (
     DEFAULT_RULES,
     LEGACY_RULES,
@@ -39,6 +35,14 @@ from .._decision import (
     Guard,
     Rule,
     Rules,
+)
+from .._model import (
+    Assignment,
+    AssignmentStatus,
+    Event,
+    Identity,
+    Worker,
+    WorkerStatus,
 )
 from .._policy import DEFAULT_POLICY, LEGACY_POLICY, NOTE_POLICY, OnAmbiguous, Policy
 
@@ -53,6 +57,7 @@ __all__ = [
     "hostnames",
     "identities",
     "ip_addresses",
+    "lookalikes",
     "policies",
     "rule_tables",
     "workers",
@@ -62,6 +67,44 @@ EPOCH = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 """The instant every generated stream and worker starts from."""
 
 _NAMES = ("ug-gns0s34", "lab-pc", "render", "gpu-node", "desktop-7q2", "worker_box", "ws")
+
+_ACCENTED = {
+    "a": "\u00e1",
+    "e": "\u00e9",
+    "i": "\u00ed",
+    "o": "\u00f6",
+    "u": "\u00fc",
+    "n": "\u00f1",
+}
+_ACCENTED.update({k.upper(): v.upper() for k, v in list(_ACCENTED.items())})
+_COMBINING = {"\u00e1": "\u0301", "\u00e9": "\u0301", "\u00ed": "\u0301", "\u00f6": "\u0308"}
+_COMBINING.update({"\u00fc": "\u0308", "\u00f1": "\u0303"})
+_COMBINING.update({k.upper(): v for k, v in list(_COMBINING.items())})
+
+
+def lookalikes(text: str, *, case: bool = True) -> tuple[str, ...]:
+    """Texts that differ from ``text`` only in what a case- or accent-insensitive collation
+    ignores: another case (with ``case``), an accent on the first letter that can carry one,
+    composed (NFC) and decomposed (NFD), the first letter or digit in full width, and (with
+    ``case``) ``\u00df`` for the first ``s``.  Each is different from ``text`` and from the others;
+    ``text`` itself is not included.  For hostnames pass ``case=False``: the library lower-cases
+    them, so a case variant is the same hostname (and ``\u00df`` upper-cases to ``SS``)."""
+    out: list[str] = []
+    if case:
+        out += [text.swapcase(), text.upper(), text.lower()]
+    for i, ch in enumerate(text):
+        if ch in _ACCENTED:
+            nfc = _ACCENTED[ch]
+            out.append(text[:i] + nfc + text[i + 1 :])
+            out.append(text[:i] + ch + _COMBINING[nfc] + text[i + 1 :])
+            break
+    for i, ch in enumerate(text):
+        if ch.isascii() and ch.isalnum():
+            out.append(text[:i] + chr(ord(ch) + 0xFEE0) + text[i + 1 :])
+            break
+    if case and "s" in text:
+        out.append(text.replace("s", "\u00df", 1))
+    return tuple(v for v in dict.fromkeys(out) if v != text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,12 +236,20 @@ def ip_addresses(
     )
 
 
-def hostnames(*, varied_case: bool = True, max_labels: int = 3) -> st.SearchStrategy[str]:
-    """Valid hostnames (labels of letters, digits, ``-`` and ``_``), in varied case."""
+def hostnames(
+    *, varied_case: bool = True, max_labels: int = 3, lookalike: bool = True
+) -> st.SearchStrategy[str]:
+    """Valid hostnames (labels of letters, digits, ``-`` and ``_``), in varied case.
+
+    With ``lookalike``, a name is sometimes replaced by one of its :func:`lookalikes` (an
+    accented letter, composed or decomposed, or a fullwidth one)."""
     _check_bool("varied_case", varied_case)
     _check_int("max_labels", max_labels, 1)
+    _check_bool("lookalike", lookalike)
     label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=12)
     names = st.lists(label, min_size=1, max_size=max_labels).map(".".join)
+    if lookalike:
+        names = names.flatmap(lambda n: st.sampled_from([n, n, *lookalikes(n, case=False)]))
     if not varied_case:
         return names
     return st.tuples(names, st.randoms(use_true_random=False)).map(
@@ -225,14 +276,28 @@ def identities(*, hostname: bool | None = None, hints: bool = True) -> st.Search
     worker_ids: st.SearchStrategy[str | None] = st.none()
     assignment_ids: st.SearchStrategy[str | None] = st.none()
     if hints:
-        worker_ids = st.none() | st.sampled_from(["w1", "w2", "w3"])
-        assignment_ids = st.none() | st.sampled_from(["A1", "A2"])
+        worker_ids = st.none() | st.sampled_from(list(_WORKER_ID_POOL))
+        assignment_ids = st.none() | st.sampled_from(list(_ASSIGNMENT_ID_POOL))
     return st.builds(
         Identity,
         ip=ip_addresses(),
         hostname=hosts,
         worker_id=worker_ids,
         assignment_id=assignment_ids,
+    )
+
+
+#: Small pools of ids and hostnames with lookalikes (``w1`` / ``W1``, ``A2`` / ``\u00c12`` in NFC
+#: and NFD / fullwidth ``\uff212``, ``alpha`` / ``\u00e1lpha`` / fullwidth ``\uff41lpha``...).
+_WORKER_ID_POOL = ("w1", "W1", "w2", "w3", "\uff573", "ws", "w\u00df")
+_ASSIGNMENT_ID_POOL = ("A1", "a1", "A2", "\u00c12", "A\u03012", "\uff212")
+_HOSTNAME_POOL = ("alpha", "\u00e1lpha", "a\u0301lpha", "\uff41lpha", "beta")
+
+
+def _numbered_ids(prefix: str) -> st.SearchStrategy[str]:
+    """``prefix`` and a number, sometimes a lookalike of it."""
+    return st.integers(1, 10**6).flatmap(
+        lambda n: st.sampled_from([f"{prefix}{n}", f"{prefix}{n}", *lookalikes(f"{prefix}{n}")])
     )
 
 
@@ -252,7 +317,8 @@ def workers(
     """Worker rows, any combination of status, flag, session end and merge pointer.
 
     Values are drawn from small pools by default so that several workers share IPs, hostnames
-    and creation times (what the queries must tell apart); pass your own pools to change that.
+    and creation times (what the queries must tell apart), with :func:`lookalikes` among the ids
+    and hostnames; pass your own pools to change that.
     Times lie within ``max_offset`` after :data:`EPOCH`, with ``last_seen >= created_at``.
     """
     if not isinstance(max_offset, timedelta) or max_offset < timedelta(0):
@@ -265,10 +331,10 @@ def workers(
     ):
         if pool is not None and len(pool) == 0:
             raise InvalidArgument(f"{name} must not be empty")
-    id_s = st.sampled_from(list(ids)) if ids else st.integers(1, 10**6).map(lambda n: f"w{n}")
+    id_s = st.sampled_from(list(ids)) if ids else _numbered_ids("w")
     ip_s = st.sampled_from(list(ips or ["10.0.0.1", "10.0.0.2", "2001:db8::1"]))
-    host_s = st.sampled_from(list(hostnames_from or [None, "alpha", "beta"]))
-    aid_s = st.sampled_from(list(assignment_ids or [None, "A1", "A2"]))
+    host_s = st.sampled_from(list(hostnames_from or [None, *_HOSTNAME_POOL]))
+    aid_s = st.sampled_from(list(assignment_ids or [None, *_ASSIGNMENT_ID_POOL]))
 
     @st.composite
     def build(draw: st.DrawFn) -> Worker:
@@ -297,7 +363,7 @@ def assignments(
     """Assignment rows in any status, held by one of ``worker_ids`` (or by nobody)."""
     if ids is not None and len(ids) == 0:
         raise InvalidArgument("ids must not be empty")
-    id_s = st.sampled_from(list(ids)) if ids else st.integers(1, 10**6).map(lambda n: f"A{n}")
+    id_s = st.sampled_from(list(ids)) if ids else _numbered_ids("A")
     holder_s = st.sampled_from(list(worker_ids)) if worker_ids else st.none()
     return st.builds(
         Assignment,
@@ -315,9 +381,7 @@ def _rule_tables(draw: st.DrawFn) -> Rules:
     criteria = draw(st.permutations(list(Criterion)))
     keep = draw(st.integers(1, len(criteria)))
     rows = tuple(
-        attrs.evolve(r, weighs_streams=draw(st.booleans()))
-        if r.rule is Rule.RECENT_ORPHAN
-        else r
+        attrs.evolve(r, weighs_streams=draw(st.booleans())) if r.rule is Rule.RECENT_ORPHAN else r
         for r in base.rows
     )
     return attrs.evolve(
@@ -396,11 +460,16 @@ class _Machine:
 
 
 def _session(
-    draw: st.DrawFn, rnd: random.Random, opts: _Options, machine: _Machine, number: int, t: int
+    draw: st.DrawFn,
+    rnd: random.Random,
+    opts: _Options,
+    machine: _Machine,
+    number: int,
+    t: int,
+    assignment: str,
 ) -> tuple[SessionTruth, list[tuple[int, Event]], int]:
     """One session of ``machine`` starting at ``t`` (ms): its truth, events, and the next start."""
     session = f"{machine.name}-s{number}"
-    assignment = f"A-{session}"
     hint = assignment if opts.hints and draw(st.booleans()) else None
     hostname = machine.hostname
     pools = machine.pools
@@ -494,6 +563,7 @@ def fleet_streams(
     long_silences: bool = True,
     hints: bool = True,
     fatal_errors: bool = True,
+    lookalike: bool = True,
     stale_after: timedelta = DEFAULT_POLICY.stale_after,
     max_start: timedelta = timedelta(minutes=5),
 ) -> st.SearchStrategy[FleetStream]:
@@ -511,6 +581,10 @@ def fleet_streams(
     * ``hints``: a session's GUI may carry the assignment id as a hint (a newer client).
     * ``fatal_errors``: a session may end with ``fatal_error`` instead of ``finished``, or stop
       without either (a crash; the next session then starts after ``stale_after``).
+    * ``lookalike``: a machine's hostname may be a :func:`lookalikes` variant of another
+      machine's (``render-1`` and ``r\u00e9nder-1``), and an assignment id one of another
+      session's (``A-m1-s1`` and ``a-m1-s1``): different machines and assignments that only a
+      case- or accent-insensitive store would confuse.
     """
     _check_int("min_machines", min_machines, 1)
     _check_int("max_machines", max_machines, 1)
@@ -524,6 +598,7 @@ def fleet_streams(
         ("long_silences", long_silences),
         ("hints", hints),
         ("fatal_errors", fatal_errors),
+        ("lookalike", lookalike),
     ):
         _check_bool(name, flag)
     if not isinstance(stale_after, timedelta) or stale_after < timedelta(seconds=100):
@@ -553,18 +628,31 @@ def fleet_streams(
         )
         raw: list[tuple[int, int, int, Event, Truth]] = []
         sessions: list[SessionTruth] = []
+        hosts: list[str] = []
+        aids: list[str] = []
+
+        def pick(own: str, used: list[str], case: bool) -> str:
+            """``own``, or (with ``lookalike``, sometimes) an unused lookalike of a used name."""
+            if lookalike and used and draw(st.booleans()):
+                fresh = [v for u in used for v in lookalikes(u, case=case) if v not in used]
+                if fresh:
+                    own = draw(st.sampled_from(fresh))
+            used.append(own)
+            return own
+
         for m in range(1, n + 1):
             machine = _Machine(
                 name=f"m{m}",
                 index=m,
-                hostname=f"{draw(st.sampled_from(_NAMES))}-{m}",
+                hostname=pick(f"{draw(st.sampled_from(_NAMES))}-{m}", hosts, False),
                 pools=_machine_pools(m, family, 3),
                 behind_nat=m in nat_group,
                 on_vpn=ip_changes and m not in nat_group and draw(st.booleans()),
             )
             t = draw(st.integers(0, start_ms))
             for s in range(1, draw(st.integers(1, max_sessions)) + 1):
-                truth, sent, t = _session(draw, rnd, opts, machine, s, t)
+                aid = pick(f"A-m{m}-s{s}", aids, True)
+                truth, sent, t = _session(draw, rnd, opts, machine, s, t, aid)
                 sessions.append(truth)
                 tr = Truth(machine=machine.name, session=truth.session)
                 raw.extend((at, m, len(raw) + i, ev, tr) for i, (at, ev) in enumerate(sent))

@@ -1,0 +1,77 @@
+"""How the SQL repository runs a unit again after a transient conflict: jittered exponential
+back-off, bounded in attempts and in time."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .._errors import InvalidInput
+
+__all__ = ["DEFAULT_RETRY", "RetryPolicy"]
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(
+            f"{attribute.name} must be an int >= 1, not {value!r}",
+            field=attribute.name,
+            value=value,
+        )
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not value >= 0
+        or value == float("inf")
+    ):
+        raise InvalidInput(
+            f"{attribute.name} must be a finite number of seconds >= 0, not {value!r}",
+            field=attribute.name,
+            value=value,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """When :meth:`~workermatch.sql.SQLWorkerRepository.atomically` runs a unit again.
+
+    A unit that fails with a *conflict* (PostgreSQL serialisation failure ``40001``, deadlock
+    ``40P01`` or lock timeout ``55P03``; MariaDB deadlock ``1213`` or lock wait timeout
+    ``1205``; SQLite "database is locked") is rolled back and run again after a pause drawn
+    uniformly from ``[0, min(cap, base * 2 ** (n - 1))]`` seconds after its ``n``-th failure
+    ("full jitter").  It is not run again once ``max_attempts`` runs failed, or when the pause
+    would end more than ``max_time`` seconds after the first run started; the repository then
+    raises a :class:`~workermatch.TransientStorageError` that says how many runs it made.
+
+    ``sleep``, ``random`` (a float in ``[0, 1)``) and ``clock`` (seconds, monotonic) are
+    injectable, so that tests need not wait.
+    """
+
+    max_attempts: int = attrs.field(default=30, validator=_positive_int)
+    max_time: float = attrs.field(default=30.0, validator=_non_negative)
+    base: float = attrs.field(default=0.005, validator=_non_negative)
+    cap: float = attrs.field(default=0.5, validator=_non_negative)
+    sleep: Callable[[float], None] = attrs.field(default=time.sleep, repr=False)
+    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
+
+    def delay(self, failures: int) -> float:
+        """The pause before the next run, after ``failures`` failed runs (full jitter)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(failures - 1, 60))
+        return self.random() * ceiling
+
+    def evolve(self, **changes: Any) -> RetryPolicy:
+        """A copy with ``changes`` applied."""
+        return attrs.evolve(self, **changes)
+
+
+DEFAULT_RETRY = RetryPolicy()
+"""30 runs at most, no new run more than 30 s after the first, pauses of up to 5 ms, 10 ms,
+20 ms, ... capped at 0.5 s."""
