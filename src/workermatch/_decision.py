@@ -162,7 +162,7 @@ class Criterion(str, enum.Enum):
 
     LIVE_SESSION = "live_session"
     """A candidate whose session runs on ranks above one whose session ended (or whose end is
-    held for want of evidence)."""
+    held for want of evidence while its machine's heartbeats stopped)."""
     HOSTNAME_AGREES = "hostname_agrees"
     """A candidate whose hostname equals the request's ranks above one whose hostname is unknown."""
     HEARTBEATS = "heartbeats"
@@ -680,6 +680,20 @@ def _heartbeats_stopped(w: Worker, ctx: _Ctx) -> bool:
     )
 
 
+# How late a heartbeat may be and still continue its stream (the real client's heartbeats come
+# every 30 s, the quiet period).
+_HEARTBEAT_SLACK = timedelta(seconds=5)
+
+
+def _may_have_ended(w: Worker, ctx: _Ctx) -> bool:
+    """Whether ``w``'s end is held and its machine's heartbeats did not go on across it: its
+    last heartbeat came before the end was asked, and the next one is overdue."""
+    held, seen = w.held_end, w.hostname_seen
+    if held is None or seen is None or seen >= held.at:
+        return False
+    return ctx.now - seen > ctx.policy.quiet_period + _HEARTBEAT_SLACK
+
+
 def _ip_prefix(a: str, b: str) -> int:
     x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
     if x.version != y.version:
@@ -689,7 +703,7 @@ def _ip_prefix(a: str, b: str) -> int:
 
 def _key_part(criterion: Criterion, w: Worker, ctx: _Ctx) -> Any:
     if criterion is Criterion.LIVE_SESSION:
-        return 0 if w.ended_at is None and w.held_end is None else 1
+        return 0 if w.ended_at is None and not _may_have_ended(w, ctx) else 1
     if criterion is Criterion.HOSTNAME_AGREES:
         host = ctx.identity.hostname
         return 0 if host is not None and w.hostname == host else 1
@@ -1013,8 +1027,9 @@ class Outcome:
     """Other workers of the request's address whose ``last_seen`` this request refreshed."""
     held: tuple[str, ...] = ()
     """The candidates of the session end this request asked for and that was held."""
-    settled: tuple[tuple[str, datetime], ...] = ()
-    """Held ends this request's evidence applied: (assignment id, when the end was asked)."""
+    settled: tuple[tuple[str, HeldEnd], ...] = ()
+    """Held ends this request applied (its evidence, or one end too many to hold): each ended
+    assignment with the held end it came from."""
     alert: Alert | None = None
     notes: tuple[str, ...] = ()
 
@@ -1273,7 +1288,11 @@ def _request(
         if decision.revived:
             yield from _revive(worker, out, notes)
         if decision.ambiguous:
-            yield from _contest(decision, out, alerts)
+            if before.ip != event.identity.ip or (
+                before.hostname is None and event.identity.hostname is not None
+            ):
+                # The request gives the worker its address or hostname: an adoption.
+                yield from _contest(decision, out, alerts)
             if ctx.does(Effect.KEEP_ALIVE):
                 kept = _keep_alive(event, now, ctx, decision, out)
                 if kept:
@@ -1297,21 +1316,35 @@ def _request(
     worker = out.latest(worker)
     pending = worker.held_end
     ended: list[str] = []
-    settled: list[tuple[str, datetime]] = []
+    settled: list[tuple[str, HeldEnd]] = []
     held: tuple[str, ...] = ()
     ending = event.kind is EventKind.GUI_UPDATE and event.message in (FINISHED, FATAL_ERROR)
     status = AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
-    if ending and decision.ambiguous and ctx.guarded(Guard.EVIDENCE):
-        held, done = yield from _hold(ctx, decision, status, out, notes)
-        ended += [a for a, _ in done]
-        settled += done
-        alerts.append(Alert.END_HELD)
+    known = {w.id: w for w in (decision.worker, *decision.outranked) if w is not None}
+    evidence = ctx.guarded(Guard.EVIDENCE)
+    if ending and evidence and decision.ambiguous:
+        # Which machine sent it is in doubt.
+        held, done = yield from _hold(
+            ctx, decision.doubt, "request", status, out, notes, known
+        )
+    elif ending and evidence and len(worker.contested) > 1:
+        # The sender is known, but which of the contested claims is its own is not.
+        held, done = yield from _hold(
+            ctx, worker.contested, "assignment", status, out, notes, known
+        )
     elif ending:
         ended += yield from _end(worker, status, now, out)
-    if pending is not None and not decision.ambiguous:
-        done = yield from _settle(ctx, worker.id, pending, ending, out, notes)
-        ended += [a for a, _ in done]
-        settled += done
+        done = []
+    else:
+        done = []
+    if held:
+        alerts.append(Alert.END_HELD)
+    ended += [a for a, _ in done]
+    settled += done
+    if pending is not None and pending.doubt == "request" and not decision.ambiguous:
+        more = yield from _settle(ctx, worker.id, pending, ending, out, notes, known)
+        ended += [a for a, _ in more]
+        settled += more
     return Outcome(
         event=event,
         decision=decision,
@@ -1342,13 +1375,19 @@ _ALERT_ORDER = [Alert.END_HELD, Alert.TRANSFER_HELD, Alert.HINT_REFUSED, Alert.D
 
 
 def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]:
-    """Mark the worker placed under doubt as contested; alert once per new set of candidates."""
+    """A worker adopted under doubt: it and the other candidates it could not be told apart
+    from are contested (whoever adopts them later inherits the doubt).  An alert is raised
+    once per new set of candidates."""
     assert decision.worker is not None
-    worker = out.latest(decision.worker)
     doubt = tuple(sorted(decision.doubt))
-    if worker.contested != doubt:
-        out.worker(attrs.evolve(worker, contested=doubt))
+    read = {w.id: w for w in decision.outranked}
+    winner = out.latest(decision.worker)
+    if winner.contested != doubt:
         alerts.append(Alert.DOUBT)
+    for wid in doubt:
+        w = winner if wid == winner.id else out.latest(read[wid])
+        if w.contested != doubt:
+            out.worker(attrs.evolve(w, contested=doubt))
     return
     yield  # pragma: no cover - makes this a generator
 
@@ -1374,52 +1413,78 @@ def _end(worker: Worker, status: AssignmentStatus, at: datetime, out: _Writes) -
 
 
 def _hold(
-    ctx: _Ctx, decision: Decision, status: AssignmentStatus, out: _Writes, notes: list[str]
-) -> Ask[tuple[tuple[str, ...], list[tuple[str, datetime]]]]:
-    """Hold a session end that could have come from any worker of the decision's doubt.
+    ctx: _Ctx,
+    ids: Sequence[str],
+    doubt: str,
+    status: AssignmentStatus,
+    out: _Writes,
+    notes: list[str],
+    known: dict[str, Worker],
+    asked: Sequence[datetime] = (),
+) -> Ask[tuple[tuple[str, ...], list[tuple[str, HeldEnd]]]]:
+    """Hold a session end among the workers ``ids``: ``doubt`` says what is in doubt.
 
     Held ends over overlapping candidates are counted together: ``count`` ends among the union
-    of their candidates.  When as many ends are held as there are candidates, all of them end.
-    Returns the candidates and the ends applied.
+    of their candidates (an ``"assignment"`` doubt absorbs a ``"request"`` one).  When as many
+    ends are held as there are candidates, all of them end.  Returns the candidates and the
+    ends applied.  ``asked``: when the end was asked for, if not by this request.
     """
-    read = {w.id: w for w in (decision.worker, *decision.outranked) if w is not None}
-    members = {wid: out.latest(read[wid]) for wid in decision.doubt}
-    count, at = 1, ctx.now
+    members: dict[str, Worker] = {}
+    for wid in ids:
+        w = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
+        if w is not None and w.ended_at is None:
+            members[wid] = out.latest(w)
+    asked = list(asked) or [ctx.now]
+    count = 1
     for earlier in {w.held_end for w in members.values() if w.held_end is not None}:
         assert earlier is not None
+        asked += earlier.asked
         count += earlier.count
-        at = min(at, earlier.at)
+        doubt = "assignment" if earlier.doubt != doubt else doubt
         for wid in earlier.candidates:
             if wid not in members:
-                w = out.workers.get(wid) or (yield from _get_worker(wid))
+                w = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
                 if w is not None and w.held_end == earlier:
-                    members[wid] = w
-    end = HeldEnd(status=status, at=at, candidates=tuple(members), count=count)
-    notes.append(
-        f"held the end ({status.value}) for want of evidence: it could have come from "
-        f"{', '.join(end.candidates)}" + (f" ({count} ends held among them)" if count > 1 else "")
+                    members[wid] = out.latest(w)
+    names = ", ".join(sorted(members))
+    end = HeldEnd(
+        status=status, asked=asked, candidates=tuple(members), count=count, doubt=doubt
     )
-    if count < len(members):
+    if end.count < len(members):
         for w in members.values():
-            out.worker(attrs.evolve(out.latest(w), held_end=end))
+            out.worker(attrs.evolve(w, held_end=end))
+        why = (
+            "it could have come from any of them"
+            if doubt == "request"
+            else "they were adopted under doubt, so which assignment is whose is unknown"
+        )
+        held = f" ({end.count} ends held among them)" if end.count > 1 else ""
+        notes.append(f"held the end ({status.value}) among {names}{held}: {why}")
         return end.candidates, []
-    done: list[tuple[str, datetime]] = []
+    done: list[tuple[str, HeldEnd]] = []
     for w in members.values():
-        done += [(aid, end.at) for aid in (yield from _end(w, status, end.at, out))]
-    notes.append(f"as many ends as candidates: {', '.join(end.candidates)} all ended")
-    return end.candidates, done
+        done += [(aid, end) for aid in (yield from _end(w, status, end.at, out))]
+    notes.append(f"as many ends asked as candidates ({names}): all of them ended")
+    return tuple(members), done
 
 
 def _settle(
-    ctx: _Ctx, worker_id: str, held: HeldEnd, ending: bool, out: _Writes, notes: list[str]
-) -> Ask[list[tuple[str, datetime]]]:
-    """Evidence about one candidate of a held end: a request placed on it without doubt.
+    ctx: _Ctx,
+    worker_id: str,
+    held: HeldEnd,
+    ending: bool,
+    out: _Writes,
+    notes: list[str],
+    known: dict[str, Worker],
+) -> Ask[list[tuple[str, HeldEnd]]]:
+    """Evidence about one candidate of an end held because its sender was in doubt: a request
+    placed on it without doubt.
 
     More than ``ended_grace`` after the held end, a request from its machine shows that the
     machine did not stop, so it did not send the end (within the grace, the request may be a
     trailing message).  A session end of its own says it stops now: the held ends belong to
-    the others.  Once as few candidates are left as ends are held, their sessions end, as of
-    the time the end was asked.
+    the others.  Once as few candidates are left as ends are held, their sessions end as of the
+    time the end was asked (or, for a contested worker, the end is held among its contest).
     """
     grace = ctx.policy.ended_grace or timedelta(0)
     if not ending and ctx.now - held.at <= grace:
@@ -1429,26 +1494,28 @@ def _settle(
     others: list[Worker] = []
     for wid in held.candidates:
         if wid != worker_id:
-            w = out.workers.get(wid) or (yield from _get_worker(wid))
+            w = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
             if w is not None and w.held_end == held:
-                others.append(w)
+                others.append(out.latest(w))
     why = "it ended on its own" if ending else "its machine was heard from since"
     notes.append(f"{worker_id} did not send the end held among {', '.join(held.candidates)}: {why}")
     if held.count < len(others):
-        rest = HeldEnd(
-            status=held.status, at=held.at, candidates=tuple(w.id for w in others), count=held.count
-        )
+        rest = attrs.evolve(held, candidates=tuple(w.id for w in others))
         for w in others:
-            out.worker(attrs.evolve(out.latest(w), held_end=rest))
+            out.worker(attrs.evolve(w, held_end=rest))
         return []
-    done: list[tuple[str, datetime]] = []
+    done: list[tuple[str, HeldEnd]] = []
     for w in others:
-        done += [(aid, held.at) for aid in (yield from _end(w, held.status, held.at, out))]
+        out.worker(attrs.evolve(w, held_end=None))
+        if len(w.contested) > 1:
+            _, more = yield from _hold(
+                ctx, w.contested, "assignment", held.status, out, notes, known, held.asked
+            )
+            done += more
+        else:
+            done += [(aid, held) for aid in (yield from _end(w, held.status, held.at, out))]
     if others:
-        notes.append(
-            f"the held end belongs to {', '.join(w.id for w in others)}: applied as asked at "
-            f"{held.at.isoformat()}"
-        )
+        notes.append(f"the held end belongs to {', '.join(w.id for w in others)}")
     return done
 
 

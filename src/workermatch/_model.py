@@ -549,16 +549,10 @@ def _c_held_status(value: object) -> AssignmentStatus:
     return status
 
 
-def _c_at(value: object) -> datetime:
-    return normalize_time(value, field="at")
-
-
 def _c_candidates(value: object) -> tuple[str, ...]:
     ids = _c_contested(value)
-    if len(ids) < 2:
-        raise InvalidInput(
-            "a held end has at least two candidates", field="candidates", value=value
-        )
+    if not ids:
+        raise InvalidInput("a held end has candidates", field="candidates", value=value)
     return ids
 
 
@@ -568,30 +562,61 @@ def _c_count(value: object) -> int:
     return value
 
 
+def _c_asked(value: object) -> tuple[datetime, ...]:
+    if isinstance(value, (str, datetime)) or not hasattr(value, "__iter__"):
+        raise InvalidInput("asked must be a sequence of times", field="asked", value=value)
+    times = tuple(sorted(normalize_time(t, field="asked") for t in value))
+    if not times:
+        raise InvalidInput("a held end was asked for at least once", field="asked", value=value)
+    return times
+
+
 @attrs.frozen(kw_only=True)
 class HeldEnd:
     """A session end (``finished`` or ``fatal_error``) held for want of evidence.
 
-    The request that asked for it could have come from any of ``candidates`` (worker ids), and
-    nothing separated them.  Every candidate carries the same held end; ``count`` is how many
-    such requests arrived for this set of candidates.  It is applied when
-    evidence arrives: a candidate heard from on its own (more than ``ended_grace`` after ``at``)
-    did not send it, and once only ``count`` candidates are left, their assignments end.
+    Nothing separated ``candidates`` (worker ids): every candidate carries the same held end,
+    and ``count`` is how many such ends were asked for among them.  ``doubt`` says what is in
+    doubt:
+
+    * ``"request"``: which candidate's machine sent the request.  A candidate whose machine is
+      heard from on its own more than ``ended_grace`` after ``at`` did not send it.
+    * ``"assignment"``: which candidate's assignment is the sender's (the candidates are claim
+      workers adopted under doubt: which claim was whose is unknown).  Only counting settles it.
+
+    Once as few candidates are left as ends were asked for, all of them end.
     """
 
     status: AssignmentStatus = attrs.field(converter=_c_held_status)
-    at: datetime = attrs.field(converter=_c_at)
+    asked: tuple[datetime, ...] = attrs.field(converter=_c_asked)
+    """When the requests that asked for the held ends came, earliest first (an end that moved
+    here from another held end keeps the times of the requests it may have come from)."""
     candidates: tuple[str, ...] = attrs.field(converter=_c_candidates)
-    count: int = attrs.field(default=1, converter=_c_count)
+    count: int = attrs.field(converter=_c_count)
+    """How many ends are held among the candidates."""
+    doubt: str = attrs.field(default="request")
+
+    @doubt.validator
+    def _check_doubt(self, _: object, value: object) -> None:
+        if value not in ("request", "assignment"):
+            raise InvalidInput(
+                "doubt must be 'request' or 'assignment'", field="doubt", value=value
+            )
+
+    @property
+    def at(self) -> datetime:
+        """When the first of the held ends was asked for."""
+        return self.asked[0]
 
     def to_json(self) -> str:
         """A compact JSON text of this value (how SQL stores keep it in one column)."""
         return json.dumps(
             {
                 "status": self.status.value,
-                "at": self.at.isoformat(),
+                "asked": [t.isoformat() for t in self.asked],
                 "candidates": list(self.candidates),
                 "count": self.count,
+                "doubt": self.doubt,
             },
             separators=(",", ":"),
         )
@@ -603,9 +628,10 @@ class HeldEnd:
             obj = json.loads(text)
             return cls(
                 status=obj["status"],
-                at=datetime.fromisoformat(obj["at"]),
+                asked=[datetime.fromisoformat(t) for t in obj["asked"]],
                 candidates=obj["candidates"],
                 count=obj["count"],
+                doubt=obj["doubt"],
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInput(f"not a held end: {exc}", field="held_end") from None

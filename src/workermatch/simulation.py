@@ -172,6 +172,11 @@ class FleetParams:
     client sends from several threads at once, with no order between them)."""
     trailing_share: float = attrs.field(default=0.5, validator=_share("trailing_share"))
     """The chance of one more update in the 3 s between ``finished`` and the bridge stopping."""
+    crash_share: float = attrs.field(default=0.0, validator=_share("crash_share"))
+    """The chance that a session's client crashes mid-run (it stops without ``finished``) and
+    the DHCP server hands its address to a newcomer 60 s later, which runs a session from it."""
+    rename_share: float = attrs.field(default=0.0, validator=_share("rename_share"))
+    """The chance that a machine is renamed mid-run: its later heartbeats carry a new hostname."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.machines, int) or self.machines < 1:
@@ -361,8 +366,12 @@ def _session(
     t_claim: int,
     out: list[SimRecord],
     vpn: _Pool,
+    crashes: list[tuple[int, str]] | None = None,
 ) -> int:
-    """Append one session's requests to ``out``; return when the machine may claim again."""
+    """Append one session's requests to ``out``; return when the machine may claim again.
+
+    A session that crashes (``crash_share``) appends ``(when, its address then)`` to
+    ``crashes``, and ends there."""
 
     def rec(at: int, kind: EventKind, ip: str, **kw: Any) -> None:
         if kind is not EventKind.CLAIM and machine.hint == "assignment":
@@ -420,6 +429,15 @@ def _session(
     def silent(t: int) -> bool:
         return any(a <= t < b for a, b in silences)
 
+    t_crash: int | None = None
+    if crashes is not None and rng.random() < p.crash_share and t_last_update > t_gui + 120_000:
+        t_crash = rng.randrange(t_gui + 60_000, t_last_update - 60_000)
+        crashes.append((t_crash, ip_at(t_crash)))
+    t_rename: int | None = None
+    renamed = machine.hostname
+    if rng.random() < p.rename_share and t_last_update > t_gui + 120_000:
+        t_rename = rng.randrange(t_gui + 60_000, t_last_update - 60_000)
+        renamed = machine.hostname + "-R"
     hostname = machine.hostname if p.hostnames else None
     timeline: list[tuple[int, EventKind, str | None]] = [
         (t_gui, EventKind.HEARTBEAT, None),
@@ -444,12 +462,18 @@ def _session(
         timeline.append((t_fin + rng.randrange(100, BRIDGE_STOP_MS), EventKind.GUI_UPDATE, "log"))
     timeline.sort(key=lambda item: item[0])  # stable: the two start heartbeats stay together
     for at, kind, message in timeline:
+        if t_crash is not None and at >= t_crash:
+            break
         if silent(at) and message != "finished":
             continue
         if kind is EventKind.HEARTBEAT:
-            rec(at, kind, ip_at(at), hostname=hostname)
+            name = renamed if t_rename is not None and at >= t_rename else hostname
+            rec(at, kind, ip_at(at), hostname=name if p.hostnames else None)
         else:
             rec(at, kind, ip_at(at), message=message)
+    machine.hostname = renamed
+    if t_crash is not None:
+        return 2**62  # the crashed client claims nothing more
     return t_fin + BRIDGE_STOP_MS + rng.randrange(1000, 5000)
 
 
@@ -466,6 +490,7 @@ def generate(params: FleetParams, seed: int = 0) -> list[SimRecord]:
     records: list[SimRecord] = []
     end_of_starts = _ms(params.duration_min * 60)
     n_assignment = 0
+    crashes: list[tuple[int, str]] = []
     for machine in machines:
         t = _ms(rng.uniform(0, params.start_spread_min * 60))
         first = True
@@ -474,7 +499,9 @@ def generate(params: FleetParams, seed: int = 0) -> list[SimRecord]:
             n_session += 1
             n_assignment += 1
             session = f"{machine.name}-s{n_session}"
-            next_t = _session(params, rng, machine, session, f"A{n_assignment}", t, records, vpn)
+            next_t = _session(
+                params, rng, machine, session, f"A{n_assignment}", t, records, vpn, crashes
+            )
             if first and machine.concurrent:
                 n_session += 1
                 n_assignment += 1
@@ -493,6 +520,20 @@ def generate(params: FleetParams, seed: int = 0) -> list[SimRecord]:
             if not params.batch or next_t >= end_of_starts:
                 break
             t = next_t
+    # Each crashed client's address goes to a newcomer 60 s later (a DHCP lease handed on).
+    for k, (t_crash, address) in enumerate(crashes):
+        n_assignment += 1
+        newcomer = _Machine(f"d{k + 1}", f"NEW-{k + 1:03d}", "direct", address, None, False)
+        _session(
+            params,
+            rng,
+            newcomer,
+            f"d{k + 1}-s1",
+            f"A{n_assignment}",
+            t_crash + 60_000,
+            records,
+            vpn,
+        )
     order = sorted(range(len(records)), key=lambda i: (records[i].at_ms, i))
     return [records[i] for i in order]
 
@@ -661,7 +702,11 @@ def score(
         settled = dict(outcome.settled)
         for aid in outcome.ended:
             own = session_of_assignment.get(aid)
-            askers = asked.get(settled[aid], []) if aid in settled else [session]
+            askers = (
+                [s for t in settled[aid].asked for s in asked.get(t, [])]
+                if aid in settled
+                else [session]
+            )
             by = own if own in askers else (askers[0] if askers else session)
             ended_by.setdefault(aid, by)
             if own is not None and own not in askers:
@@ -875,6 +920,89 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
                     batch=True,
                     duration_min=60.0,
                 ),
+                solvable=False,
+            ),
+            Scenario(
+                name="nat-pair",
+                summary="two machines behind one NAT address (heartbeats carry hostnames), "
+                "claiming within 3 minutes; half the time the later one finishes first",
+                params=FleetParams(
+                    machines=2, nat_share=1.0, nat_size=2, start_spread_min=3.0, gui_delay_s=(5, 30)
+                ),
+                solvable=False,
+            ),
+            Scenario(
+                name="carrier-nat",
+                summary="12 machines behind one carrier-grade NAT address (heartbeats carry "
+                "hostnames), starting within 10 minutes and finishing in another order",
+                params=FleetParams(machines=12, nat_share=1.0, nat_size=12, start_spread_min=10.0),
+                solvable=False,
+            ),
+            Scenario(
+                name="dhcp-reuse",
+                summary="half the clients crash mid-run; 60 s later the DHCP server gives the "
+                "crashed machine's address to a newcomer, which claims and runs from it",
+                params=FleetParams(machines=6, start_spread_min=10.0, crash_share=0.5),
+                solvable=False,
+            ),
+            Scenario(
+                name="long-sleep",
+                summary="laptops on the VPN sleep about 2 h mid-run and wake on a new address",
+                params=_VPN.evolve(
+                    machines=4,
+                    start_spread_min=10.0,
+                    session_s=(10800.0, 14400.0),
+                    outages_per_hour=0.4,
+                    outage_s=(6600.0, 7800.0),
+                ),
+                solvable=False,
+            ),
+            Scenario(
+                name="long-sleep-hints",
+                summary="as long-sleep, with clients that send a hint (worker id or "
+                "assignment) with every request",
+                params=_VPN.evolve(
+                    machines=4,
+                    start_spread_min=10.0,
+                    session_s=(10800.0, 14400.0),
+                    outages_per_hour=0.4,
+                    outage_s=(6600.0, 7800.0),
+                    hint_share=1.0,
+                    hint_kind="mixed",
+                ),
+                solvable=True,
+            ),
+            Scenario(
+                name="vpn-blips",
+                summary="silences of 100-200 s mid-run on the VPN, each followed by a new "
+                "address; the first request back is usually an update",
+                params=_VPN.evolve(
+                    machines=6,
+                    batch=True,
+                    duration_min=120.0,
+                    blips_per_hour=3.0,
+                    blip_s=(100.0, 200.0),
+                ),
+                solvable=False,
+            ),
+            Scenario(
+                name="clones-running",
+                summary="4 machines cloned from one image (one hostname), started on the VPN "
+                "within 3 minutes, each while its twins run",
+                params=FleetParams(
+                    machines=4,
+                    cloned_share=1.0,
+                    vpn_share=1.0,
+                    vpn_pool=64,
+                    flip_rate=0.5,
+                    start_spread_min=3.0,
+                ),
+                solvable=False,
+            ),
+            Scenario(
+                name="rename",
+                summary="machines renamed mid-run: later heartbeats carry the new hostname",
+                params=FleetParams(machines=6, batch=True, duration_min=60.0, rename_share=0.5),
                 solvable=False,
             ),
             Scenario(
