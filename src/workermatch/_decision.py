@@ -1302,6 +1302,8 @@ def _request(
                     )
         if ctx.does(Effect.RECONCILE):
             survivor = yield from _reconcile(ctx, event, before, out, notes)
+            if survivor is None:
+                survivor = yield from _renamed(ctx, event, before, out, notes)
             if survivor is not None:
                 merged, worker = (before.id,), survivor
         if (
@@ -1375,8 +1377,9 @@ _ALERT_ORDER = [Alert.END_HELD, Alert.TRANSFER_HELD, Alert.HINT_REFUSED, Alert.D
 
 
 def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]:
-    """A worker adopted under doubt: it and the other candidates it could not be told apart
-    from are contested (whoever adopts them later inherits the doubt).  An alert is raised
+    """A worker adopted under doubt: it and the candidates it could not be told apart from are
+    contested (whoever adopts one of the others later inherits the doubt, and an end among
+    them is held until as many ends are asked as there are candidates).  An alert is raised
     once per new set of candidates."""
     assert decision.worker is not None
     doubt = tuple(sorted(decision.doubt))
@@ -1489,14 +1492,25 @@ def _settle(
     grace = ctx.policy.ended_grace or timedelta(0)
     if not ending and ctx.now - held.at <= grace:
         return []
-    if not ending:
-        out.worker(attrs.evolve(out.workers[worker_id], held_end=None))
     others: list[Worker] = []
     for wid in held.candidates:
         if wid != worker_id:
             w = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
             if w is not None and w.held_end == held:
                 others.append(out.latest(w))
+    identity = ctx.identity
+    hinted = identity.worker_id is not None or identity.assignment_id is not None
+    host = identity.hostname
+    if (
+        not ending
+        and not hinted
+        and (host is None or any(w.hostname is None or w.hostname == host for w in others))
+    ):
+        # Only a hint, or a hostname that none of the others can have, says whose machine
+        # this request comes from.
+        return []
+    if not ending:
+        out.worker(attrs.evolve(out.workers[worker_id], held_end=None))
     why = "it ended on its own" if ending else "its machine was heard from since"
     notes.append(f"{worker_id} did not send the end held among {', '.join(held.candidates)}: {why}")
     if held.count < len(others):
@@ -1587,6 +1601,8 @@ def _transfer(
         for w in found
         if w.id != worker.id
         and w.merged_into is None
+        # Work whose end is held has probably ended: it waits for evidence where it is.
+        and w.held_end is None
         and (by_ip or (host is not None and w.hostname == host))
         and not (veto and host is not None and w.hostname is not None and w.hostname != host)
     ]
@@ -1713,6 +1729,63 @@ def _reconcile(
         out.assignment(attrs.evolve(a, worker_id=older.id))
     notes.append(
         f"merged duplicate {before.id} into {older.id} (same hostname, lifetimes do not overlap)"
+    )
+    return survivor
+
+
+def _renamed(
+    ctx: _Ctx, event: Event, before: Worker, out: _Writes, notes: list[str]
+) -> Ask[Worker | None]:
+    """Reconcile a machine renamed mid-run; returns the worker it was merged into, or ``None``.
+
+    A heartbeat with a new name from a running machine's address finds the machine's worker
+    vetoed (another hostname) and makes a worker of its own.  When that worker claimed nothing,
+    and, a heartbeat period later, exactly one live running worker at its address has another
+    hostname whose heartbeats stopped when the new name's began (its last one came no later
+    than the new worker, and less than a heartbeat period before), the new worker is the old
+    one renamed: it is merged into it, which takes the new name.
+    """
+    policy, now = ctx.policy, ctx.now
+    host = event.identity.hostname
+    if (
+        host is None
+        or before.hostname != host
+        or before.assignment_id is not None
+        or before.ended_at is not None
+        or before.merged_into is not None
+        or before.held_end is not None
+        or before.ip != event.identity.ip
+        or not policy.quiet_period <= now - before.created_at <= policy.stale_after
+    ):
+        return None
+    period = policy.quiet_period + _HEARTBEAT_SLACK
+    found = [
+        w
+        for w in (yield from _by_ip(before.ip, ctx.live_since))
+        if w.id != before.id
+        and w.hostname not in (None, host)
+        and w.ended_at is None
+        and w.held_end is None
+        and w.status is WorkerStatus.RUNNING
+        and w.created_at < before.created_at
+        and w.hostname_seen is not None
+        and before.created_at - period <= w.hostname_seen <= before.created_at
+    ]
+    if len(found) != 1:
+        return None
+    older = found[0]
+    survivor = out.worker(
+        attrs.evolve(
+            out.latest(older),
+            hostname=host,
+            hostname_seen=now,
+            last_seen=max(older.last_seen, now),
+        )
+    )
+    out.worker(attrs.evolve(out.latest(before), status=WorkerStatus.IDLE, merged_into=older.id))
+    notes.append(
+        f"merged {before.id} into {older.id}: {older.hostname} was renamed {host} (its "
+        "heartbeats stopped when the new name's began, at the same address)"
     )
     return survivor
 
