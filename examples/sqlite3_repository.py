@@ -42,7 +42,10 @@ CREATE TABLE IF NOT EXISTS workers (
     stale INTEGER NOT NULL,
     assignment_id TEXT,
     ended_at TEXT,
-    merged_into TEXT
+    merged_into TEXT,
+    hostname_seen TEXT,
+    contested TEXT,
+    held_end TEXT
 );
 CREATE TABLE IF NOT EXISTS assignments (
     id TEXT PRIMARY KEY,
@@ -58,7 +61,8 @@ CREATE INDEX IF NOT EXISTS assignments_holder ON assignments (worker_id, status)
 """
 
 WORKER_COLUMNS = (
-    "id, ip, hostname, created_at, last_seen, status, stale, assignment_id, ended_at, merged_into"
+    "id, ip, hostname, created_at, last_seen, status, stale, assignment_id, ended_at, merged_into, "
+    "hostname_seen, contested, held_end"
 )
 ASSIGNMENT_COLUMNS = "id, status, worker_id, started_at, ended_at"
 LIVE = "stale = 0 AND merged_into IS NULL"
@@ -90,6 +94,9 @@ def worker_row(w: Worker) -> tuple[Any, ...]:
         w.assignment_id,
         to_text(w.ended_at),
         w.merged_into,
+        to_text(w.hostname_seen),
+        " ".join(w.contested) or None,  # worker ids of this store never contain a space
+        None if w.held_end is None else w.held_end.to_json(),
     )
 
 
@@ -109,6 +116,9 @@ def to_worker(row: Sequence[Any]) -> Worker:
         assignment_id=row[7],
         ended_at=from_text(row[8]),
         merged_into=row[9],
+        hostname_seen=from_text(row[10]),
+        contested=(row[11] or "").split(),
+        held_end=row[12],
     )
 
 
@@ -223,7 +233,7 @@ class Sqlite3WorkerRepository:
         try:
             for op in ops:
                 if isinstance(op, InsertWorker):
-                    marks = ", ".join("?" * 10)
+                    marks = ", ".join("?" * 13)
                     run(
                         f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES ({marks})",
                         worker_row(op.worker),

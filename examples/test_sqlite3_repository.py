@@ -24,7 +24,7 @@ class TestSqlite3Repository(RepositoryContract[Sqlite3WorkerRepository]):
     ) -> None:  # the back door: plain SQL on the connection, not the protocol's write()
         db = repository.connection
         db.executemany(
-            f"INSERT INTO workers VALUES ({', '.join('?' * 10)})", map(worker_row, workers)
+            f"INSERT INTO workers VALUES ({', '.join('?' * 13)})", map(worker_row, workers)
         )
         db.executemany(
             "INSERT INTO assignments VALUES (?, ?, ?, ?, ?)", map(assignment_row, assignments)

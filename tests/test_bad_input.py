@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import attrs
 import pytest
 
 import workermatch as wm
@@ -292,20 +293,9 @@ def test_arguments_of_the_wrong_type_are_refused_before_anything_is_read() -> No
         ({"quiet_period": "30s"}, "quiet_period"),
         ({"hostname_window": timedelta(minutes=-5)}, "hostname_window"),
         ({"ended_grace": timedelta(seconds=-3)}, "ended_grace"),
-        ({"orphan_condition": "sometimes"}, "orphan_condition"),
         ({"on_ambiguous": "guess"}, "on_ambiguous"),
-        ({"ranking": ("tallest",)}, "ranking"),
-        ({"ranking": ("newest", "newest")}, "ranking"),
-        ({"ranking": "newest"}, "ranking"),
-        ({"chain": ("exact_ip", "created")}, "chain"),
-        ({"chain": ("exact_ip", "exact_ip")}, "chain"),
-        ({"chain": "exact_ip"}, "chain"),
-        ({"chain": ("by_mac",)}, "chain"),
-        ({"chains": {"ping": ("exact_ip",)}}, "chains"),
-        ({"chains": {"heartbeat": ("by_mac",)}}, "chain"),
-        ({"hostname_veto": "yes"}, "hostname_veto"),
-        ({"sessions": 1}, "sessions"),
-        ({"transfer_stale": None}, "transfer_stale"),
+        ({"rules": "strict"}, "rules"),
+        ({"rules": {"rows": ()}}, "rules"),
         ({"name": ""}, "name"),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v!r}" for k, v in v.items()),
@@ -316,6 +306,46 @@ def test_a_bad_policy_value_is_invalid_input(changes: dict[str, Any], field: str
     assert info.value.field == field
     with pytest.raises(wm.InvalidInput):
         wm.DEFAULT_POLICY.evolve(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"rows": "exact_ip"}, "rows"),
+        ({"rows": (wm.Row(rule="exact_ip"), wm.Row(rule="exact_ip"))}, "rows"),
+        ({"rows": ("exact_ip",)}, "rows"),
+        ({"ranking": ("tallest",)}, "ranking"),
+        ({"ranking": ("newest", "newest")}, "ranking"),
+        ({"ranking": ()}, "ranking"),
+        ({"ranking": "newest"}, "ranking"),
+        ({"guards": ("hostname_veto", "trust_me")}, "guards"),
+        ({"effects": ("teleport",)}, "effects"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v!r}" for k, v in v.items()),
+)
+def test_a_bad_rule_table_value_is_invalid_input(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(wm.InvalidInput) as info:
+        attrs.evolve(wm.DEFAULT_RULES, **changes)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"rule": "created"}, "rule"),
+        ({"rule": "by_mac"}, "rule"),
+        ({"rule": "exact_ip", "kinds": ()}, "kinds"),
+        ({"rule": "exact_ip", "kinds": ("ping",)}, "kinds"),
+        ({"rule": "recent_orphan", "orphans": "sometimes"}, "orphans"),
+        ({"rule": "recent_orphan", "weighs_streams": "yes"}, "weighs_streams"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v!r}" for k, v in v.items()),
+)
+def test_a_bad_row_is_invalid_input(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(wm.InvalidInput) as info:
+        wm.Row(**changes)
+    assert info.value.field == field
 
 
 def test_an_unknown_policy_name_lists_the_shipped_ones() -> None:

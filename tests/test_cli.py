@@ -52,12 +52,13 @@ def test_replay_jsonl_prints_one_line_per_request_then_the_final_state(tmp_path:
     status, out = run("replay", write(tmp_path, CLAIM, HEARTBEAT), "--jsonl")
     assert status == 0
     assert out == (
-        '{"line": 1, "worker": "w1", "rule": "created", "created": true, "ambiguous": false}\n'
+        '{"line": 1, "worker": "w1", "rule": "created", "created": true, "ambiguous": false, '
+        '"ended": [], "alert": null}\n'
         '{"line": 2, "worker": "w1", "rule": "recent_orphan", "created": false, '
-        '"ambiguous": false}\n'
+        '"ambiguous": false, "ended": [], "alert": null}\n'
         '{"workers": [{"id": "w1", "ip": "157.193.240.190", "hostname": "ug-gns0s34", '
         '"status": "RUNNING", "stale": false, "merged_into": null}], '
-        '"assignments": [{"id": "A1", "status": "RUNNING", "worker": "w1"}]}\n'
+        '"assignments": [{"id": "A1", "status": "RUNNING", "worker": "w1"}], "pending": []}\n'
     )
 
 
@@ -89,7 +90,9 @@ def test_replay_reads_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_replay_prints_the_corpus_expected_output() -> None:
-    expected = (CORPUS / "expected" / "note-three-workers.legacy.jsonl").read_text()
+    expected = (
+        Path(__file__).resolve().parent / "corpus_expected" / "note-three-workers.legacy.jsonl"
+    ).read_text()
     assert run("replay", str(STORY), "--jsonl", "--policy", "legacy") == (0, expected)
 
 
@@ -194,7 +197,10 @@ def test_a_bad_trace_leaves_the_database_untouched(
 
 
 def test_an_empty_trace_prints_an_empty_final_state(tmp_path: Path) -> None:
-    assert run("replay", write(tmp_path), "--jsonl") == (0, '{"workers": [], "assignments": []}\n')
+    assert run("replay", write(tmp_path), "--jsonl") == (
+        0,
+        '{"workers": [], "assignments": [], "pending": []}\n',
+    )
 
 
 def test_python_dash_m_workermatch_runs_the_command(tmp_path: Path) -> None:
@@ -206,7 +212,8 @@ def test_python_dash_m_workermatch_runs_the_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == (
-        '{"line": 1, "worker": "w1", "rule": "created", "created": true, "ambiguous": false}'
+        '{"line": 1, "worker": "w1", "rule": "created", "created": true, "ambiguous": false, '
+        '"ended": [], "alert": null}'
     )
 
 

@@ -20,7 +20,7 @@ from workermatch import trace
 from workermatch._cli import main
 
 CORPUS = Path(str(resources.files("workermatch") / "corpus"))
-EXPECTED = CORPUS / "expected"
+EXPECTED = Path(__file__).resolve().parent / "corpus_expected"
 TRACES = sorted(p.stem for p in CORPUS.glob("*.jsonl"))
 POLICY_NAMES = ("default", "note", "legacy")
 
@@ -87,7 +87,7 @@ def test_every_store_prints_the_expected_output(
     repo = store_factory(wm.sequential_ids())
     assert replay_text(repo, name, wm.get_policy(policy_name)) == expected(name, policy_name), (
         "if the engine's behaviour changed on purpose, run python tests/build_corpus.py and "
-        "read the diff of src/workermatch/corpus/expected/"
+        "read the diff of tests/corpus_expected/"
     )
 
 

@@ -44,7 +44,9 @@ def a_worker(wid: str, ip: str = "10.0.0.1", **fields: object) -> wm.Worker:
 # apply_event and plan
 
 
-def test_apply_event_returns_what_it_wrote() -> None:
+def test_apply_event_returns_what_it_wrote_one_write_per_row() -> None:
+    # A claim that creates both its worker and its assignment writes each row once, the
+    # worker first (the assignment names it).
     repo = new_repo()
     out = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), NOW, repo, create_assignments=True)
     assert (out.created, out.rule, out.ambiguous, out.idempotent) == (
@@ -55,15 +57,48 @@ def test_apply_event_returns_what_it_wrote() -> None:
     )
     assert out.worker == repo.get_worker("w1")
     assert out.writes == (
-        wm.InsertAssignment(assignment=wm.Assignment(id="A1")),
         wm.InsertWorker(worker=out.worker),
-        wm.UpdateAssignment(
+        wm.InsertAssignment(
             assignment=wm.Assignment(id="A1", status=A.RUNNING, worker_id="w1", started_at=NOW)
         ),
     )
     assert state(repo) == (
         [a_worker("w1", status=S.RUNNING, assignment_id="A1")],
         [wm.Assignment(id="A1", status=A.RUNNING, worker_id="w1", started_at=NOW)],
+    )
+
+
+def test_each_row_is_written_once_in_its_final_state_new_rows_first() -> None:
+    # A new worker that takes a stale worker's RUNNING assignment: the new worker is inserted
+    # already holding it, then the stale worker and the assignment are updated, once each.
+    repo = new_repo()
+    wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo, create_assignments=True)
+    out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(400), repo)
+    assert (out.worker.id, out.transferred) == ("w2", ("A1",))
+    assert out.writes == (
+        wm.InsertWorker(
+            worker=a_worker(
+                "w2", created_at=at(400), last_seen=at(400), status=S.RUNNING, assignment_id="A1"
+            )
+        ),
+        wm.UpdateWorker(
+            worker=a_worker(
+                "w1",
+                created_at=at(0),
+                last_seen=at(0),
+                status=S.IDLE,
+                stale=True,
+                assignment_id="A1",
+            )
+        ),
+        wm.UpdateAssignment(
+            assignment=wm.Assignment(id="A1", status=A.RUNNING, worker_id="w2", started_at=at(0))
+        ),
+    )
+    written = [w.worker for w in out.writes if isinstance(w, (wm.InsertWorker, wm.UpdateWorker))]
+    assert state(repo) == (
+        sorted(written, key=lambda w: w.id),
+        [wm.Assignment(id="A1", status=A.RUNNING, worker_id="w2", started_at=at(0))],
     )
 
 
@@ -84,6 +119,7 @@ def test_a_matched_request_moves_last_seen_ip_and_fills_in_the_hostname() -> Non
         id="w1",
         ip="10.0.0.2",
         hostname="box",
+        hostname_seen=at(20),
         created_at=at(0),
         last_seen=at(20),
         status=S.RUNNING,
@@ -96,7 +132,7 @@ def test_the_outcome_explains_what_the_request_wrote() -> None:
     wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo, create_assignments=True)
     text = wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), at(5), repo).explain()
     assert text.splitlines()[0].endswith("-> worker w1 by rule exact_ip [policy default]")
-    assert text.splitlines()[-1] == "  ended A1 (finished)"
+    assert text.splitlines()[-1] == "  ended A1 (completed)"
     created = wm.apply_event(wm.Event.heartbeat("10.0.0.9"), at(6), repo).explain()
     assert created.splitlines()[-1] == "  created worker w2"
 

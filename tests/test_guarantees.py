@@ -142,7 +142,7 @@ def _guarded(s: Session, sessions: Sequence[Session], policy: wm.Policy) -> froz
     """The requests of ``s`` that the orphan guard may keep from rule 3 (conservatively: any
     other running session that already sent its hostname and was heard within the quiet
     period counts as a rival)."""
-    if not policy.orphan_guard:
+    if not policy.rules.row(wm.Rule.RECENT_ORPHAN).weighs_streams:
         return frozenset()
     out = set()
     for e in s.events:
@@ -583,8 +583,9 @@ def test_counterexample_one_session_one_worker_vpn_flip_within_orphan_window() -
 
 def test_a_heartbeat_from_a_new_ip_keeps_its_worker_despite_a_fresh_claim() -> None:
     """Once a strict expected failure (rule 3 runs before rule 4, so the heartbeat took the
-    other machine's fresh claim worker, which has no hostname yet); ``Policy.own_stream`` makes
-    the machine's own fed stream a rule-3 candidate that outranks it, and flags the guess."""
+    other machine's fresh claim worker, which has no hostname yet).  The default table's rule 3
+    weighs the machine's own fed stream as a candidate, and its hostname agreement is evidence
+    that separates it from the other machine's claim: no guess, no doubt."""
     steps = run_script(
         [
             (0.0, "m1-s1", wm.Event.claim("172.16.1.10", "A1")),
@@ -597,7 +598,8 @@ def test_a_heartbeat_from_a_new_ip_keeps_its_worker_despite_a_fresh_claim() -> N
     assert len(workers_of(steps, "m1-s1")) == 1, describe(steps)
     last = steps[-1].outcome
     assert last is not None
-    assert last.ambiguous, describe(steps)
+    assert not last.ambiguous, describe(steps)
+    assert last.alert is None, describe(steps)
     assert len(workers_of(steps, "m2-s1")) == 1, describe(steps)
 
 

@@ -280,4 +280,6 @@ def test_shipped_policies_are_found_by_name() -> None:
         wm.Rule.HOSTNAME,
     )
     assert wm.LEGACY_POLICY.chain_for(wm.EventKind.CLAIM) == (wm.Rule.EXACT_IP,)
-    assert wm.DEFAULT_POLICY.chain_for(wm.EventKind.CLAIM) == wm.DEFAULT_POLICY.chain
+    assert wm.DEFAULT_POLICY.chain_for(wm.EventKind.CLAIM) == tuple(
+        row.rule for row in wm.DEFAULT_RULES.rows
+    )

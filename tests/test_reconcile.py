@@ -1,8 +1,12 @@
-"""Reconciling a duplicate after the fact: the mid-run address change (docs/accuracy.md)."""
+"""Reconciling a duplicate after the fact: the mid-run address change and the renamed machine
+(the RECONCILE effect of the default rule table; docs/accuracy.md)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+
+import attrs
+import pytest
 
 import workermatch as wm
 
@@ -29,12 +33,23 @@ def apply(
     return wm.apply_event(event, at(seconds), repo, policy, create_assignments=True)
 
 
-def running_session(repo: wm.InMemoryWorkerRepository) -> None:
+def running_session(
+    repo: wm.InMemoryWorkerRepository, policy: wm.Policy = wm.DEFAULT_POLICY
+) -> None:
     """A session on OLD_IP: claim, GUI start, updates until 400 s."""
-    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
-    apply(repo, 10, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"), policy)
+    apply(repo, 10, wm.Event.heartbeat(OLD_IP, hostname=HOST), policy)
     for t in range(11, 400, 3):
-        apply(repo, t, wm.Event.gui_update(OLD_IP, "overall_progress"))
+        apply(repo, t, wm.Event.gui_update(OLD_IP, "overall_progress"), policy)
+
+
+NO_RECONCILE = wm.DEFAULT_POLICY.evolve(
+    rules=attrs.evolve(
+        wm.DEFAULT_RULES,
+        name="no-reconcile",
+        effects=wm.DEFAULT_RULES.effects - {wm.Effect.RECONCILE},
+    )
+)
 
 
 def flip(repo: wm.InMemoryWorkerRepository, policy: wm.Policy = wm.DEFAULT_POLICY) -> wm.Outcome:
@@ -72,7 +87,7 @@ def test_a_worker_id_hint_naming_the_duplicate_follows_the_forward_pointer() -> 
 
 
 def test_without_reconciliation_the_assignment_is_stranded() -> None:
-    policy = wm.DEFAULT_POLICY.evolve(merge_gap=None)
+    policy = NO_RECONCILE
     repo = new_repo()
     running_session(repo)
     outcome = flip(repo, policy)
@@ -84,9 +99,16 @@ def test_without_reconciliation_the_assignment_is_stranded() -> None:
     assert assignment.status is wm.AssignmentStatus.RUNNING
 
 
-def test_the_shipped_note_and_legacy_policies_never_merge() -> None:
-    assert wm.NOTE_POLICY.merge_gap is None
-    assert wm.LEGACY_POLICY.merge_gap is None
+@pytest.mark.parametrize("policy", [wm.NOTE_POLICY, wm.LEGACY_POLICY], ids=lambda p: p.name)
+def test_the_shipped_note_and_legacy_policies_never_merge(policy: wm.Policy) -> None:
+    assert wm.Effect.RECONCILE not in policy.rules.effects
+    repo = new_repo()
+    running_session(repo, policy)
+    outcome = flip(repo, policy)
+    assert (outcome.merged, outcome.worker.id) == ((), "w2")
+    w2 = repo.get_worker("w2")
+    assert w2 is not None
+    assert w2.merged_into is None
 
 
 def test_never_merges_while_the_older_worker_is_still_fed() -> None:
@@ -101,12 +123,29 @@ def test_never_merges_while_the_older_worker_is_still_fed() -> None:
     assert repo.get_worker("w2") is not None
 
 
-def test_never_merges_when_the_older_worker_fell_silent_long_before() -> None:
+def test_merges_after_any_silence_shorter_than_stale_after() -> None:
+    # The merge window is stale_after: a VPN that takes a minute to reconnect still ends with
+    # one worker per session.
     repo = new_repo()
     running_session(repo)
     apply(repo, 460, wm.Event.gui_update(NEW_IP, "overall_progress"))  # 61 s of silence
     outcome = apply(repo, 470, wm.Event.heartbeat(NEW_IP, hostname=HOST))
-    assert outcome.merged == ()
+    assert (outcome.merged, outcome.worker.id) == (("w2",), "w1")
+
+
+def test_never_merges_into_a_stale_worker_but_its_work_follows_the_machine() -> None:
+    # Silent past stale_after: no merge (the stale worker is no candidate).  The heartbeat that
+    # reveals the new worker's hostname moves the stale worker's RUNNING work onto it instead.
+    repo = new_repo()
+    running_session(repo)
+    apply(repo, 700, wm.Event.gui_update(NEW_IP, "overall_progress"))  # 303 s of silence
+    outcome = apply(repo, 710, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert (outcome.merged, outcome.worker.id, outcome.transferred) == ((), "w2", ("A1",))
+    w1 = repo.get_worker("w1")
+    assert w1 is not None
+    assert (w1.merged_into, w1.stale) == (None, True)
+    done = apply(repo, 720, wm.Event.gui_update(NEW_IP, "finished"))
+    assert (done.worker.id, done.ended) == ("w2", ("A1",))
 
 
 def test_never_merges_two_sessions() -> None:
@@ -146,3 +185,97 @@ def test_never_merges_into_an_ended_session() -> None:
     apply(repo, 401, wm.Event.gui_update(NEW_IP, "log"))
     outcome = apply(repo, 410, wm.Event.heartbeat(NEW_IP, hostname=HOST))
     assert outcome.merged == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# A machine renamed mid-run
+
+NEW_NAME = "UG-RENAMED"
+
+
+def session_with_heartbeats(repo: wm.InMemoryWorkerRepository, until: int = 400) -> None:
+    """A session on OLD_IP whose machine sends its heartbeats (hostname HOST) every 30 s, the
+    last at 370 s, and its updates every 3 s until ``until``."""
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    for t in range(10, until, 30):
+        apply(repo, t, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    for t in range(11, until, 3):
+        apply(repo, t, wm.Event.gui_update(OLD_IP, "overall_progress"))
+
+
+def rename(repo: wm.InMemoryWorkerRepository, policy: wm.Policy = wm.DEFAULT_POLICY) -> wm.Outcome:
+    """The machine is renamed at 400 s: its heartbeats carry NEW_NAME from then on."""
+    first = apply(repo, 400, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME), policy)
+    assert first.created  # the hostname veto keeps the new name off the old name's worker
+    for t in range(403, 430, 3):
+        assert apply(repo, t, wm.Event.gui_update(OLD_IP, "x"), policy).worker.id == "w1"
+    return apply(repo, 430, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME), policy)
+
+
+def test_a_renamed_machines_next_heartbeat_merges_its_new_worker_into_the_session() -> None:
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    outcome = rename(repo)
+    assert (outcome.merged, outcome.worker.id) == (("w2",), "w1")
+    assert "ug-gns0s34 was renamed ug-renamed" in outcome.explain()
+    w1, w2 = repo.get_worker("w1"), repo.get_worker("w2")
+    assert w1 is not None
+    assert w2 is not None
+    assert (w1.hostname, w1.hostname_seen, w1.status) == (
+        "ug-renamed",
+        at(430),
+        wm.WorkerStatus.RUNNING,
+    )
+    assert (w2.merged_into, w2.status) == ("w1", wm.WorkerStatus.IDLE)
+    # Later, when the old name's heartbeats count as stopped, the session's updates and its
+    # end still reach its worker.
+    assert apply(repo, 460, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME)).worker.id == "w1"
+    assert apply(repo, 470, wm.Event.gui_update(OLD_IP, "x")).worker.id == "w1"
+    done = apply(repo, 480, wm.Event.gui_update(OLD_IP, "finished"))
+    assert (done.worker.id, done.ended) == ("w1", ("A1",))
+
+
+def test_a_rename_is_not_merged_before_a_heartbeat_period_has_passed() -> None:
+    # One heartbeat of a new name may be another machine starting at the shared address: the
+    # old name's heartbeats must have had time to go on.
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    apply(repo, 400, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    assert apply(repo, 420, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME)).merged == ()
+
+
+def test_two_machines_behind_one_address_are_not_taken_for_a_rename() -> None:
+    # The old name's heartbeats go on after the new name appeared: two machines.
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    apply(repo, 400, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    apply(repo, 401, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    outcome = apply(repo, 430, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    assert (outcome.merged, outcome.worker.id) == ((), "w2")
+    w1 = repo.get_worker("w1")
+    assert w1 is not None
+    assert w1.hostname == "ug-gns0s34"
+
+
+def test_a_new_name_at_another_address_is_not_a_rename() -> None:
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    apply(repo, 400, wm.Event.heartbeat(NEW_IP, hostname=NEW_NAME))
+    outcome = apply(repo, 430, wm.Event.heartbeat(NEW_IP, hostname=NEW_NAME))
+    assert (outcome.merged, outcome.worker.id) == ((), "w2")
+
+
+def test_a_new_name_whose_worker_claimed_work_is_another_session() -> None:
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    apply(repo, 400, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    apply(repo, 405, wm.Event.claim(OLD_IP, "A2", hostname=NEW_NAME))
+    outcome = apply(repo, 430, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    assert outcome.merged == ()
+
+
+def test_without_reconciliation_a_rename_is_not_merged() -> None:
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    outcome = rename(repo, NO_RECONCILE)
+    assert (outcome.merged, outcome.worker.id) == ((), "w2")

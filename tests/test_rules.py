@@ -11,6 +11,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 import workermatch as wm
@@ -41,15 +42,18 @@ def seed(
     stale: bool = False,
     ended: float | None = None,
     merged_into: str | None = None,
+    hostname_seen: float | None = None,
 ) -> wm.Worker:
     """Put a worker (and the RUNNING assignment ``running`` it holds) into ``repo``.
 
-    Times are seconds relative to ``NOW``.
+    Times are seconds relative to ``NOW``.  ``hostname_seen``: when the last request carrying
+    the worker's hostname landed on it (its machine's last heartbeat).
     """
     worker = wm.Worker(
         id=wid,
         ip=ip,
         hostname=hostname,
+        hostname_seen=None if hostname_seen is None else at(hostname_seen),
         created_at=at(created),
         last_seen=at(seen),
         status=S.RUNNING if running else S.IDLE,
@@ -69,6 +73,20 @@ def seed(
         )
     repo.write(writes)
     return worker
+
+
+def with_table(name: str, **changes: Any) -> wm.Policy:
+    """The default policy with a variant of the default rule table (``changes`` to it)."""
+    return wm.DEFAULT_POLICY.evolve(rules=attrs.evolve(wm.DEFAULT_RULES, name=name, **changes))
+
+
+def with_orphan_row(name: str, **changes: Any) -> wm.Policy:
+    """The default policy whose RECENT_ORPHAN row has ``changes``."""
+    rows = tuple(
+        attrs.evolve(r, **changes) if r.rule is wm.Rule.RECENT_ORPHAN else r
+        for r in wm.DEFAULT_RULES.rows
+    )
+    return with_table(name, rows=rows)
 
 
 def add_assignment(
@@ -145,23 +163,72 @@ class TestWorkerIdHint:
             "no-such-worker": (wm.Verdict.REJECTED, "no such worker")
         }
 
-    def test_a_hint_naming_a_worker_silent_past_stale_after_falls_through(self) -> None:
+    def test_a_hint_naming_a_stale_worker_of_a_running_session_brings_it_back(self) -> None:
+        # A machine whose requests stopped for a while (a long VPN outage) names its worker on
+        # return: the hint proves whose request it is, so the worker comes back from staleness.
         repo = new_repo()
-        seed(repo, "old", "10.0.0.1", seen=-301)
+        seed(repo, "old", "10.0.0.1", seen=-301, running="A1")
         d = decide(repo, "10.0.0.2", worker_id="old")
-        assert d.rule is wm.Rule.CREATED
+        assert (d.rule, d.worker_id, d.revived) == (wm.Rule.WORKER_ID, "old", True)
+        assert "it went stale, and the hint brings it back" in report(d, wm.Rule.WORKER_ID).detail
+
+    def test_a_hint_naming_a_flagged_worker_clears_its_stale_flag(self) -> None:
+        repo = new_repo()
+        seed(repo, "flagged", "10.0.0.1", seen=-400, stale=True, running="A1")
+        out = wm.apply_event(
+            wm.Event.gui_update("10.0.0.2", "progress", worker_id="flagged"), NOW, repo
+        )
+        assert (out.rule, out.worker.id, out.created, out.decision.revived) == (
+            wm.Rule.WORKER_ID,
+            "flagged",
+            False,
+            True,
+        )
+        w = worker(repo, "flagged")
+        assert (w.stale, w.ip, w.last_seen, w.status) == (False, "10.0.0.2", NOW, S.RUNNING)
+        assert "flagged was stale; the hint brings it back" in out.explain()
+
+    def test_a_revived_worker_gets_back_the_work_a_new_worker_took_while_it_was_stale(
+        self,
+    ) -> None:
+        # The session's worker went silent; a request from its address made a new worker, which
+        # took its RUNNING assignment.  The session's own hint then shows it never stopped: the
+        # assignment goes back to the session's worker, and the taker holds nothing again.
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo)
+        taker = wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(400), repo)
+        assert (taker.worker.id, taker.transferred) == ("n2", ("A1",))
+        out = wm.apply_event(
+            wm.Event.gui_update("10.0.0.1", "progress", worker_id="n1"), at(410), repo
+        )
+        assert (out.worker.id, out.decision.revived) == ("n1", True)
+        assert assignment(repo, "A1").worker_id == "n1"
+        assert assignment(repo, "A1").status is A.RUNNING
+        n1, n2 = worker(repo, "n1"), worker(repo, "n2")
+        assert (n1.status, n1.stale, n1.assignment_id) == (S.RUNNING, False, "A1")
+        assert n2.status is S.IDLE
+        assert "moved A1 back from n2" in out.explain()
+        # And its end now completes its own assignment.
+        done = wm.apply_event(
+            wm.Event.gui_update("10.0.0.1", "finished", worker_id="n1"), at(420), repo
+        )
+        assert (done.worker.id, done.ended) == ("n1", ("A1",))
+
+    @pytest.mark.parametrize("flagged", [False, True], ids=["silent", "flagged"])
+    def test_a_hint_naming_a_stale_worker_whose_session_ended_falls_through(
+        self, flagged: bool
+    ) -> None:
+        repo = new_repo()
+        seed(repo, "old", "10.0.0.1", seen=-301, stale=flagged, session="A1", ended=-301)
+        d = decide(repo, "10.0.0.2", worker_id="old")
+        assert (d.rule, d.revived) == (wm.Rule.CREATED, False)
         verdict, reason = verdicts(d, wm.Rule.WORKER_ID)["old"]
         assert verdict is wm.Verdict.REJECTED
-        assert "past stale_after" in reason
-
-    def test_a_hint_naming_a_flagged_worker_falls_through(self) -> None:
-        repo = new_repo()
-        seed(repo, "flagged", "10.0.0.1", stale=True)
-        d = decide(repo, "10.0.0.1", worker_id="flagged")
-        assert d.rule is wm.Rule.CREATED
-        assert verdicts(d, wm.Rule.WORKER_ID)["flagged"] == (
-            wm.Verdict.REJECTED,
-            "is flagged stale",
+        assert reason == (
+            "is flagged stale, and its session ended"
+            if flagged
+            else "was last seen 301 s ago, past stale_after, and its session ended"
         )
 
     def test_a_hint_naming_a_worker_of_another_hostname_is_vetoed(self) -> None:
@@ -171,6 +238,31 @@ class TestWorkerIdHint:
         d = decide(repo, "10.0.0.2", hostname="beta", worker_id="theirs")
         assert d.rule is wm.Rule.CREATED
         assert "hostname veto" in verdicts(d, wm.Rule.WORKER_ID)["theirs"][1]
+
+    def test_a_vetoed_hint_raises_an_alert_and_leaves_the_hinted_worker_alone(self) -> None:
+        repo = new_repo()
+        theirs = seed(repo, "theirs", "10.0.0.1", hostname="alpha", running="A1")
+        out = wm.apply_event(
+            wm.Event.heartbeat("10.0.0.2", hostname="beta", worker_id="theirs"), NOW, repo
+        )
+        assert (out.created, out.alert) == (True, wm.Alert.HINT_REFUSED)
+        assert "the hint named a worker with another hostname: not followed" in out.explain()
+        assert "alert: hint_refused" in out.explain()
+        assert worker(repo, "theirs") == theirs
+
+    def test_a_stale_hinted_worker_of_another_hostname_is_not_brought_back(self) -> None:
+        repo = new_repo()
+        theirs = seed(repo, "theirs", "10.0.0.1", hostname="alpha", seen=-400, running="A1")
+        out = wm.apply_event(
+            wm.Event.heartbeat("10.0.0.2", hostname="beta", worker_id="theirs"), NOW, repo
+        )
+        assert (out.created, out.decision.revived, out.alert) == (
+            True,
+            False,
+            wm.Alert.HINT_REFUSED,
+        )
+        assert worker(repo, "theirs") == theirs
+        assert assignment(repo, "A1").worker_id == "theirs"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +281,7 @@ class TestAssignmentHint:
         ("setup", "says"),
         [
             ("missing", "does not exist"),
-            ("pending", "PENDING, not RUNNING"),
+            ("pending", "which is PENDING"),
             ("completed", "COMPLETED"),
         ],
     )
@@ -204,12 +296,15 @@ class TestAssignmentHint:
         assert (d.rule, d.worker_id) == (wm.Rule.EXACT_IP, "w1")
         assert says in report(d, wm.Rule.ASSIGNMENT).detail
 
-    def test_a_hint_whose_holder_is_stale_falls_through(self) -> None:
+    def test_a_hint_whose_holder_is_stale_brings_the_holder_back(self) -> None:
         repo = new_repo()
         seed(repo, "silent", "10.0.0.1", running="A1", seen=-400)
         d = decide(repo, "10.0.0.2", assignment_id="A1")
-        assert d.rule is wm.Rule.CREATED
-        assert verdicts(d, wm.Rule.ASSIGNMENT)["silent"][0] is wm.Verdict.REJECTED
+        assert (d.rule, d.worker_id, d.revived) == (wm.Rule.ASSIGNMENT, "silent", True)
+        out = wm.apply_event(wm.Event.gui_update("10.0.0.2", "x", assignment_id="A1"), NOW, repo)
+        assert (out.worker.id, out.created) == ("silent", False)
+        w = worker(repo, "silent")
+        assert (w.stale, w.ip, w.last_seen) == (False, "10.0.0.2", NOW)
 
     def test_a_hint_whose_holder_has_another_hostname_is_vetoed(self) -> None:
         repo = new_repo()
@@ -217,6 +312,11 @@ class TestAssignmentHint:
         d = decide(repo, "10.0.0.1", hostname="beta", assignment_id="A1")
         assert d.rule is wm.Rule.CREATED
         assert "hostname veto" in verdicts(d, wm.Rule.ASSIGNMENT)["holder"][1]
+        out = wm.apply_event(
+            wm.Event.heartbeat("10.0.0.1", hostname="beta", assignment_id="A1"), NOW, repo
+        )
+        assert (out.created, out.alert) == (True, wm.Alert.HINT_REFUSED)
+        assert assignment(repo, "A1").worker_id == "holder"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +376,7 @@ class TestRecentOrphan:
     ) -> None:
         repo = new_repo()
         seed(repo, "w1", "10.0.0.1", created=-60, seen=seen, running="A1")
-        policy = wm.DEFAULT_POLICY.evolve(orphan_condition=wm.OrphanCondition.QUIET)
+        policy = with_orphan_row("quiet-orphans", orphans=wm.OrphanCondition.QUIET)
         d = decide(repo, "10.0.0.2", policy=policy)
         assert d.rule is (wm.Rule.RECENT_ORPHAN if orphan else wm.Rule.CREATED)
 
@@ -290,7 +390,7 @@ class TestRecentOrphan:
     def test_the_any_condition_takes_a_worker_fed_a_second_ago(self) -> None:
         repo = new_repo()
         seed(repo, "fed", "10.0.0.1", hostname="other", created=-60, seen=-1, running="A1")
-        policy = wm.DEFAULT_POLICY.evolve(orphan_condition=wm.OrphanCondition.ANY)
+        policy = with_orphan_row("any-orphan", orphans=wm.OrphanCondition.ANY)
         assert decide(repo, "10.0.0.2", policy=policy).worker_id == "fed"
 
     @pytest.mark.parametrize(
@@ -322,7 +422,7 @@ class TestRecentOrphan:
         verdict, reason = verdicts(d, wm.Rule.RECENT_ORPHAN)["claim"]
         assert verdict is wm.Verdict.REJECTED
         assert reason.startswith("the request carries no hostname and busy was fed within")
-        assert "(orphan guard;" in reason
+        assert "the request may come from that machine after an address change" in reason
 
     @pytest.mark.parametrize(
         "rival",
@@ -343,12 +443,14 @@ class TestRecentOrphan:
         d = decide(repo, "10.0.0.9")
         assert (d.rule, d.worker_id) == (wm.Rule.RECENT_ORPHAN, "claim")
 
-    def test_the_guard_spares_requests_with_a_hostname_and_claims(self) -> None:
+    def test_the_guard_spares_requests_with_a_hostname_and_a_row_that_weighs_no_streams(
+        self,
+    ) -> None:
         repo = new_repo()
         seed(repo, "claim", "10.0.0.1", created=-20, seen=-20, running="A1")
         seed(repo, "busy", "10.0.0.5", hostname="box", created=-3600, seen=-5, running="A2")
         assert decide(repo, "10.0.0.9", hostname="gui").worker_id == "claim"
-        unguarded = wm.DEFAULT_POLICY.evolve(orphan_guard=False)
+        unguarded = with_orphan_row("unweighed", weighs_streams=False)
         assert decide(repo, "10.0.0.9", policy=unguarded).worker_id == "claim"
 
     def test_taking_an_orphan_moves_it_to_the_requests_ip_and_hostname(self) -> None:
@@ -361,8 +463,9 @@ class TestRecentOrphan:
 
 
 class TestOwnStream:
-    """Policy.own_stream: a heartbeat from a new address, whose hostname names the one live
-    stream of that hostname, does not quietly take another machine's fresh claim."""
+    """Rule 3 weighs the streams (the RECENT_ORPHAN row's ``weighs_streams``): a heartbeat from a
+    new address, whose hostname names the one live stream of that hostname, does not quietly
+    take another machine's fresh claim."""
 
     def setup_repo(self) -> wm.InMemoryWorkerRepository:
         repo = new_repo()
@@ -371,16 +474,26 @@ class TestOwnStream:
         seed(repo, "theirs", "10.0.0.7", created=-10, seen=-10, running="A2")
         return repo
 
-    def test_the_machines_own_stream_outranks_another_machines_fresh_claim(self) -> None:
+    def test_the_machines_own_stream_outranks_another_machines_fresh_claim_by_evidence(
+        self,
+    ) -> None:
+        # The hostname agrees with the stream's and is unknown on the fresh claim: evidence, so
+        # the decision is not in doubt.
         d = decide(self.setup_repo(), "10.0.0.9", hostname="pc-1")
-        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "mine", True)
-        verdict, reason = verdicts(d, wm.Rule.RECENT_ORPHAN)["theirs"]
-        assert verdict is wm.Verdict.OUTRANKED
-        assert "hostname_agrees" in reason
+        assert (d.rule, d.worker_id, d.ambiguous, d.doubt) == (
+            wm.Rule.RECENT_ORPHAN,
+            "mine",
+            False,
+            (),
+        )
+        assert verdicts(d, wm.Rule.RECENT_ORPHAN)["theirs"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below mine on hostname_agrees",
+        )
         assert "its machine may have changed address" in report(d, wm.Rule.RECENT_ORPHAN).detail
 
-    def test_without_it_rule_3_gives_the_machine_the_fresh_claim_unflagged(self) -> None:
-        policy = wm.DEFAULT_POLICY.evolve(own_stream=False)
+    def test_a_row_that_weighs_no_streams_gives_the_machine_the_fresh_claim(self) -> None:
+        policy = with_orphan_row("unweighed", weighs_streams=False)
         d = decide(self.setup_repo(), "10.0.0.9", hostname="pc-1", policy=policy)
         assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "theirs", False)
 
@@ -421,10 +534,10 @@ class TestOwnStream:
         assert out.created
 
 
-class TestAddressRivals:
-    """Policy.address_rivals: on an address that machines share, a first heartbeat finds at its
-    address only a claim whose hostname is unknown; the fleet's other waiting claims are
-    rivals, and the decision says so."""
+class TestSharedAddress:
+    """A first heartbeat on an address that machines share (a VPN exit): only the workers at
+    its address are candidates; a claim waiting at another address is none, and whether the
+    decision is in doubt is a matter of evidence among the candidates at the address."""
 
     def setup_repo(self) -> wm.InMemoryWorkerRepository:
         repo = new_repo()
@@ -435,18 +548,22 @@ class TestAddressRivals:
         seed(repo, "there", "157.193.240.12", created=-60, seen=-60, running="A2")  # and another
         return repo
 
-    def test_the_worker_at_the_address_is_taken_and_the_decision_is_flagged(self) -> None:
+    def test_the_claim_at_the_address_is_taken_without_doubt(self) -> None:
         d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3")
-        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "here", True)
-        verdict, reason = verdicts(d, wm.Rule.EXACT_IP)["there"]
-        assert verdict is wm.Verdict.OUTRANKED
-        assert reason.startswith("a claim at 157.193.240.12 still waiting for its GUI")
-        assert "other machines share" in report(d, wm.Rule.EXACT_IP).detail
+        assert (d.rule, d.worker_id, d.ambiguous, d.doubt) == (wm.Rule.EXACT_IP, "here", False, ())
+        assert verdicts(d, wm.Rule.EXACT_IP) == {
+            "here": (wm.Verdict.TAKEN, "the only eligible candidate"),
+            "pc8": (wm.Verdict.REJECTED, "hostname veto: its hostname pc-8 differs from pc-3"),
+        }
+        assert d.outranked == ()
 
-    def test_a_refusing_policy_refuses_such_a_guess(self) -> None:
-        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.REFUSE)
-        with pytest.raises(wm.AmbiguousMatch):
-            decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
+    @pytest.mark.parametrize("on_ambiguous", list(wm.OnAmbiguous), ids=lambda v: v.value)
+    def test_every_doubt_handling_places_it_alike_for_there_is_no_doubt(
+        self, on_ambiguous: wm.OnAmbiguous
+    ) -> None:
+        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=on_ambiguous)
+        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "here", False)
 
     def test_without_evidence_of_sharing_the_address_is_trusted(self) -> None:
         repo = new_repo()
@@ -456,41 +573,33 @@ class TestAddressRivals:
         assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "here", False)
 
     @pytest.mark.parametrize(
-        ("request_hostname", "rivals"),
-        [("pc-8", False), (None, False), ("pc-3", True)],
-        ids=["hostname-agrees", "no-hostname", "new-hostname"],
+        ("request_hostname", "winner", "doubt"),
+        [("pc-8", "pc8", ()), ("pc-3", "here", ()), (None, "pc8", ("pc8", "here"))],
+        ids=["hostname-agrees", "new-hostname", "no-hostname"],
     )
-    def test_only_a_hostname_new_to_the_address_makes_the_other_claims_rivals(
-        self, request_hostname: str | None, rivals: bool
+    def test_only_a_request_without_hostname_is_in_doubt_at_the_address(
+        self, request_hostname: str | None, winner: str, doubt: tuple[str, ...]
     ) -> None:
+        # Without hostname nothing tells pc-8's worker from the claim at its address: both hold
+        # a RUNNING assignment, so the oldest is taken and the decision says it was a guess.
         d = decide(self.setup_repo(), "157.193.240.11", hostname=request_hostname)
-        assert ("there" in verdicts(d, wm.Rule.EXACT_IP)) is rivals
+        assert (d.worker_id, d.ambiguous, d.doubt) == (winner, bool(doubt), doubt)
+        assert "there" not in verdicts(d, wm.Rule.EXACT_IP)
 
     def test_a_worker_at_the_address_whose_hostname_is_known_leaves_no_doubt(self) -> None:
         repo = self.setup_repo()
         seed(repo, "known", "157.193.240.11", created=-30, seen=-3, running="A3", hostname="pc-3")
         d = decide(repo, "157.193.240.11", hostname="pc-3")
-        assert d.worker_id == "known"
+        assert (d.worker_id, d.ambiguous) == ("known", False)
+        assert verdicts(d, wm.Rule.EXACT_IP)["here"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below known on hostname_agrees",
+        )
         assert "there" not in verdicts(d, wm.Rule.EXACT_IP)
-
-    def test_a_skipping_policy_passes_the_rule_over_and_makes_a_worker(self) -> None:
-        # Under on_ambiguous=skip_rule the doubt changes the placement: "prefer the duplicate".
-        policy = wm.DEFAULT_POLICY.evolve(on_ambiguous=wm.OnAmbiguous.SKIP_RULE)
-        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
-        assert report(d, wm.Rule.EXACT_IP).outcome == "passed over"
-
-    def test_the_rivals_rank_below_the_workers_at_the_address(self) -> None:
-        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3")
-        assert [w.id for w in d.outranked] == ["there"]
-
-    def test_the_policy_switch_turns_it_off(self) -> None:
-        policy = wm.DEFAULT_POLICY.evolve(address_rivals=False)
-        d = decide(self.setup_repo(), "157.193.240.11", hostname="pc-3", policy=policy)
-        assert (d.worker_id, d.ambiguous) == ("here", False)
 
 
 class TestSharedLiveness:
-    """Policy.shared_liveness: an update without hostname that exact IP cannot attribute keeps
+    """The KEEP_ALIVE effect: an update without hostname that exact IP cannot attribute keeps
     the address's other running workers alive with the one it lands on."""
 
     def setup_repo(self) -> wm.InMemoryWorkerRepository:
@@ -561,9 +670,11 @@ class TestSharedLiveness:
         assert wm.apply_event(update, at(30), repo).kept_alive == ()  # 30 s: not past it
         assert wm.apply_event(update, at(30.001), repo).kept_alive == ("second",)
 
-    def test_the_policy_switch_turns_it_off(self) -> None:
+    def test_a_table_without_keep_alive_refreshes_nothing(self) -> None:
         repo = self.setup_repo()
-        policy = wm.DEFAULT_POLICY.evolve(shared_liveness=False)
+        policy = with_table(
+            "no-keep-alive", effects=wm.DEFAULT_RULES.effects - {wm.Effect.KEEP_ALIVE}
+        )
         out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "x"), NOW, repo, policy)
         assert out.kept_alive == ()
         assert worker(repo, "second").last_seen == at(-250)
@@ -606,7 +717,7 @@ class TestCreateAndTransfer:
         out = wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="Box"), NOW, repo)
         assert (out.rule, out.created, out.worker.id) == (wm.Rule.CREATED, True, "n1")
         assert worker(repo, "n1") == wm.Worker(
-            id="n1", ip="10.0.0.1", hostname="box", created_at=NOW, last_seen=NOW
+            id="n1", ip="10.0.0.1", hostname="box", hostname_seen=NOW, created_at=NOW, last_seen=NOW
         )
 
     def test_running_work_of_a_stale_worker_with_the_same_ip_moves_to_the_new_one(self) -> None:
@@ -619,7 +730,7 @@ class TestCreateAndTransfer:
         assert worker(repo, out.worker.id).status is S.RUNNING
         old = worker(repo, "silent")
         assert (old.stale, old.status) == (True, S.IDLE)
-        assert "moved RUNNING A1 from stale workers" in out.explain()
+        assert "moved RUNNING A1 from stale silent onto n1" in out.explain()
 
     def test_running_work_of_a_stale_worker_with_the_same_hostname_moves_too(self) -> None:
         repo = new_repo()
@@ -643,10 +754,25 @@ class TestCreateAndTransfer:
         assert (out.created, out.transferred) == (True, ())
         assert assignment(repo, "A1").worker_id == "silent"
 
-    def test_a_policy_without_transfers_leaves_stale_work_in_place(self) -> None:
+    def test_work_that_several_stale_workers_at_the_address_could_own_stays_put(self) -> None:
+        # Two machines behind one NAT went silent; a request from the address may be either's.
+        # Moving both assignments onto the new worker would rest on a guess: an alert instead.
+        repo = new_repo()
+        seed(repo, "first", "192.0.2.1", created=-3600, seen=-400, running="A1")
+        seed(repo, "second", "192.0.2.1", created=-3000, seen=-350, running="A2")
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "progress"), NOW, repo)
+        assert (out.created, out.transferred, out.alert) == (True, (), wm.Alert.TRANSFER_HELD)
+        assert (assignment(repo, "A1").worker_id, assignment(repo, "A2").worker_id) == (
+            "first",
+            "second",
+        )
+        assert "several machines at this address could own it" in out.explain()
+
+    def test_a_table_without_transfer_on_create_leaves_stale_work_in_place(self) -> None:
         repo = new_repo()
         seed(repo, "silent", "10.0.0.1", created=-3600, seen=-400, running="A1")
-        policy = wm.DEFAULT_POLICY.evolve(transfer_stale=False)
+        effects = wm.DEFAULT_RULES.effects - {wm.Effect.TRANSFER_ON_CREATE}
+        policy = with_table("no-transfer", effects=effects)
         out = wm.apply_event(wm.Event.heartbeat("10.0.0.1"), NOW, repo, policy)
         assert out.transferred == ()
         assert assignment(repo, "A1").worker_id == "silent"
@@ -711,7 +837,8 @@ class TestRanking:
         assert (beta_claim.created, beta_claim.worker.id) == (True, "n2")
 
         alpha = wm.apply_event(wm.Event.heartbeat(nat, hostname="alpha"), at(65), repo)
-        assert (alpha.worker.id, alpha.rule, alpha.ambiguous) == ("n1", wm.Rule.EXACT_IP, True)
+        # The hostname agrees: evidence, not a guess.
+        assert (alpha.worker.id, alpha.rule, alpha.ambiguous) == ("n1", wm.Rule.EXACT_IP, False)
         assert verdicts(alpha.decision, wm.Rule.EXACT_IP)["n2"] == (
             wm.Verdict.OUTRANKED,
             "ranked below n1 on hostname_agrees",
@@ -728,7 +855,7 @@ class TestRanking:
         seed(repo, "idle", "10.0.0.1", seen=-1)
         seed(repo, "busy", "10.0.0.1", seen=-10, running="A1")
         d = decide(repo, "10.0.0.1")
-        assert (d.worker_id, d.ambiguous) == ("busy", True)
+        assert (d.worker_id, d.ambiguous) == ("busy", False)
         assert verdicts(d, wm.Rule.EXACT_IP)["idle"] == (
             wm.Verdict.OUTRANKED,
             "ranked below busy on holds_running",
@@ -744,11 +871,17 @@ class TestRanking:
 
     # Each criterion on its own: two candidates that differ only in what the criterion looks
     # at; the winner's id sorts last, so the final tie-break on the id cannot be what picks it.
+    # An evidence criterion tells them apart; a tie-break picks one of two it cannot separate.
     @pytest.mark.parametrize(
         ("criterion", "winner", "loser"),
         [
             (wm.Criterion.HOSTNAME_AGREES, {"hostname": "box"}, {}),
             (wm.Criterion.LIVE_SESSION, {}, {"session": "A0", "ended": -2}),
+            (
+                wm.Criterion.HEARTBEATS,
+                {"hostname": "box", "hostname_seen": -10},
+                {"hostname": "box", "hostname_seen": -61},
+            ),
             (wm.Criterion.HOLDS_RUNNING, {"running": "A1"}, {}),
             (wm.Criterion.RECENTLY_SEEN, {"seen": -2}, {"seen": -10}),
             (wm.Criterion.NEWEST, {"created": -50}, {"created": -100}),
@@ -762,32 +895,106 @@ class TestRanking:
         repo = new_repo()
         seed(repo, "z-winner", "10.0.0.1", **winner)
         seed(repo, "a-loser", "10.0.0.1", **loser)
-        policy = wm.DEFAULT_POLICY.evolve(ranking=(criterion,))
+        policy = with_table(f"only-{criterion.value}", ranking=(criterion,))
         d = decide(repo, "10.0.0.1", hostname="box", policy=policy)
-        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "z-winner", True)
+        evidence = criterion.is_evidence
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "z-winner", not evidence)
+        assert d.doubt == (() if evidence else ("z-winner", "a-loser"))
         assert verdicts(d, wm.Rule.EXACT_IP)["a-loser"] == (
             wm.Verdict.OUTRANKED,
-            f"ranked below z-winner on {criterion.value}",
+            f"ranked below z-winner on {criterion.value}"
+            if evidence
+            else f"could not be told apart from z-winner; ranked below it on {criterion.value}",
         )
+
+    def test_the_evidence_criteria_are_the_first_four(self) -> None:
+        assert {c for c in wm.Criterion if c.is_evidence} == {
+            wm.Criterion.LIVE_SESSION,
+            wm.Criterion.HOSTNAME_AGREES,
+            wm.Criterion.HEARTBEATS,
+            wm.Criterion.HOLDS_RUNNING,
+        }
+        assert wm.DEFAULT_RULES.ranking == (
+            wm.Criterion.LIVE_SESSION,
+            wm.Criterion.HOSTNAME_AGREES,
+            wm.Criterion.HEARTBEATS,
+            wm.Criterion.HOLDS_RUNNING,
+            wm.Criterion.OLDEST,
+        )
+
+    def test_a_machine_whose_heartbeats_stopped_ranks_below_a_worker_without_hostname(
+        self,
+    ) -> None:
+        # Behind a NAT address: alpha's heartbeats stopped 90 s ago (its machine moved away or
+        # stopped), and a claim worker whose hostname is unknown is there too.  An update
+        # without hostname from the address comes from the machine that still talks, although
+        # alpha's worker is older.
+        repo = new_repo()
+        seed(
+            repo,
+            "alpha",
+            "192.0.2.1",
+            hostname="alpha",
+            hostname_seen=-90,
+            created=-900,
+            running="A1",
+        )
+        seed(repo, "claim", "192.0.2.1", created=-60, running="A2")
+        d = decide(repo, "192.0.2.1")
+        assert (d.worker_id, d.ambiguous) == ("claim", False)
+        assert verdicts(d, wm.Rule.EXACT_IP)["alpha"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below claim on heartbeats",
+        )
+
+    @pytest.mark.parametrize(
+        ("hostname_seen", "stopped"),
+        [(-60.0, False), (-60.001, True)],
+        ids=["two-quiet-periods-is-not-stopped", "one-ms-more-is-stopped"],
+    )
+    def test_heartbeats_stop_after_strictly_more_than_two_quiet_periods(
+        self, hostname_seen: float, stopped: bool
+    ) -> None:
+        repo = new_repo()
+        seed(
+            repo, "alpha", "192.0.2.1", hostname="alpha", hostname_seen=hostname_seen, created=-900
+        )
+        seed(repo, "anon", "192.0.2.1", created=-60)
+        d = decide(repo, "192.0.2.1")
+        # Not stopped: nothing tells them apart, and the oldest is taken in doubt.
+        assert (d.worker_id, d.ambiguous) == (("anon", False) if stopped else ("alpha", True))
+
+    def test_a_heartbeat_landing_on_a_worker_restarts_its_heartbeats(self) -> None:
+        repo = new_repo()
+        seed(repo, "alpha", "192.0.2.1", hostname="alpha", hostname_seen=-90, created=-900)
+        out = wm.apply_event(wm.Event.heartbeat("192.0.2.1", hostname="alpha"), NOW, repo)
+        assert out.worker.id == "alpha"
+        assert worker(repo, "alpha").hostname_seen == NOW
+        # A request without hostname does not count as a heartbeat.
+        wm.apply_event(wm.Event.gui_update("192.0.2.1", "x"), at(5), repo)
+        assert worker(repo, "alpha").hostname_seen == NOW
 
     def test_nearest_ip_ranks_the_longest_common_prefix_first(self) -> None:
         repo = new_repo()
         seed(repo, "z-near", "10.0.0.2", hostname="box")
         seed(repo, "a-far", "10.200.0.1", hostname="box")
         seed(repo, "a-other-family", "2001:db8::1", hostname="box")
-        policy = wm.DEFAULT_POLICY.evolve(ranking=(wm.Criterion.NEAREST_IP,))
+        policy = with_table("nearest", ranking=(wm.Criterion.NEAREST_IP,))
         d = decide(repo, "10.0.0.9", hostname="box", policy=policy)
         assert (d.rule, d.worker_id) == (wm.Rule.HOSTNAME, "z-near")
-        assert verdicts(d, wm.Rule.HOSTNAME)["a-far"][1] == "ranked below z-near on nearest_ip"
+        assert verdicts(d, wm.Rule.HOSTNAME)["a-far"][1] == (
+            "could not be told apart from z-near; ranked below it on nearest_ip"
+        )
+        assert [w.id for w in d.outranked] == ["a-far", "a-other-family"]
 
     def test_criteria_apply_in_the_policys_order(self) -> None:
         repo = new_repo()
         seed(repo, "busy-earlier", "10.0.0.1", seen=-10, running="A1")
         seed(repo, "idle-later", "10.0.0.1", seen=-1)
         running_first = (wm.Criterion.HOLDS_RUNNING, wm.Criterion.RECENTLY_SEEN)
-        policy = wm.DEFAULT_POLICY.evolve(ranking=running_first)
+        policy = with_table("running-first", ranking=running_first)
         assert decide(repo, "10.0.0.1", policy=policy).worker_id == "busy-earlier"
-        policy = wm.DEFAULT_POLICY.evolve(ranking=running_first[::-1])
+        policy = with_table("seen-first", ranking=running_first[::-1])
         assert decide(repo, "10.0.0.1", policy=policy).worker_id == "idle-later"
 
     def test_the_smallest_id_breaks_a_tie_on_every_criterion(self) -> None:
@@ -795,10 +1002,10 @@ class TestRanking:
         for wid in ("c", "a", "b"):
             seed(repo, wid, "10.0.0.1")
         d = decide(repo, "10.0.0.1")
-        assert d.worker_id == "a"
+        assert (d.worker_id, d.ambiguous, d.doubt) == ("a", True, ("a", "b", "c"))
         assert verdicts(d, wm.Rule.EXACT_IP)["b"] == (
             wm.Verdict.OUTRANKED,
-            "ranked below a on worker id (every criterion tied)",
+            "could not be told apart from a; ranked below it on worker id",
         )
 
     def test_the_notes_first_match_wins_takes_the_earliest_created(self) -> None:
@@ -817,13 +1024,67 @@ class TestAmbiguity:
         assert (d.worker_id, d.ambiguous) == ("beta", False)
 
     def test_tie_break_takes_the_best_ranked_and_flags_it(self) -> None:
+        # Nothing but their age tells w1 and w2 apart: the oldest is taken, in doubt.
         repo = new_repo()
-        seed(repo, "w1", "10.0.0.1", seen=-5)
-        seed(repo, "w2", "10.0.0.1", seen=-1, running="A1")
+        seed(repo, "w1", "10.0.0.1", created=-100, seen=-5)
+        seed(repo, "w2", "10.0.0.1", created=-50, seen=-1)
         d = decide(repo, "10.0.0.1")
-        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.EXACT_IP, "w2", True)
+        assert (d.rule, d.worker_id, d.ambiguous, d.doubt) == (
+            wm.Rule.EXACT_IP,
+            "w1",
+            True,
+            ("w1", "w2"),
+        )
         assert d.to_dict()["ambiguous"] is True
+        assert d.to_dict()["doubt"] == ["w1", "w2"]
         assert "(ambiguous)" in d.explain().splitlines()[0]
+        assert verdicts(d, wm.Rule.EXACT_IP) == {
+            "w1": (
+                wm.Verdict.TAKEN,
+                "could not be told apart from 1 other(s); first by live_session, hostname_agrees, "
+                "heartbeats, holds_running, oldest, worker id",
+            ),
+            "w2": (
+                wm.Verdict.OUTRANKED,
+                "could not be told apart from w1; ranked below it on oldest",
+            ),
+        }
+
+    def test_candidates_told_apart_by_evidence_are_no_doubt(self) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", created=-100, seen=-5)
+        seed(repo, "w2", "10.0.0.1", created=-50, seen=-1, running="A1")
+        d = decide(repo, "10.0.0.1")
+        assert (d.worker_id, d.ambiguous, d.doubt) == ("w2", False, ())
+        assert verdicts(d, wm.Rule.EXACT_IP)["w2"] == (
+            wm.Verdict.TAKEN,
+            "best of 2 candidates by live_session, hostname_agrees, heartbeats, holds_running, "
+            "oldest, worker id",
+        )
+        assert "(ambiguous)" not in d.explain().splitlines()[0]
+
+    def test_the_doubt_lists_only_the_candidates_tied_with_the_winner_on_evidence(self) -> None:
+        repo = new_repo()
+        seed(repo, "idle", "10.0.0.1", created=-300)
+        seed(repo, "run-old", "10.0.0.1", created=-100, running="A1")
+        seed(repo, "run-new", "10.0.0.1", created=-50, running="A2")
+        d = decide(repo, "10.0.0.1")
+        assert (d.worker_id, d.ambiguous, d.doubt) == ("run-old", True, ("run-old", "run-new"))
+        assert [w.id for w in d.outranked] == ["run-new", "idle"]
+        assert verdicts(d, wm.Rule.EXACT_IP)["idle"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below run-old on holds_running",
+        )
+
+    @pytest.mark.parametrize("policy", [wm.NOTE_POLICY, wm.LEGACY_POLICY], ids=lambda p: p.name)
+    def test_with_a_tie_break_only_ranking_every_choice_among_several_is_in_doubt(
+        self, policy: wm.Policy
+    ) -> None:
+        repo = new_repo()
+        seed(repo, "w1", "10.0.0.1", created=-100, seen=-5)
+        seed(repo, "w2", "10.0.0.1", created=-50, seen=-1, running="A1")
+        d = decide(repo, "10.0.0.1", policy=policy)
+        assert (d.worker_id, d.ambiguous, d.doubt) == ("w1", True, ("w1", "w2"))
 
     def test_skip_rule_passes_over_the_ambiguous_rule_and_prefers_a_duplicate(self) -> None:
         repo = new_repo()
@@ -974,6 +1235,21 @@ class TestClaimSessions:
         assert out.created
         assert "session rule: its session ended" in out.explain()
 
+    def test_a_claim_in_doubt_starts_its_own_worker(self) -> None:
+        # Two machines behind one NAT registered and hold nothing yet: a claim from the address
+        # could be either's, and joining one for good would rest on a guess.
+        repo = new_repo()
+        add_assignment(repo, "A1")
+        seed(repo, "first", "192.0.2.1", created=-60, seen=-5)
+        seed(repo, "second", "192.0.2.1", created=-30, seen=-5)
+        out = wm.apply_event(wm.Event.claim("192.0.2.1", "A1"), NOW, repo)
+        assert (out.created, out.ambiguous, out.alert) == (True, True, wm.Alert.DOUBT)
+        assert out.decision.doubt == ("first", "second")
+        assert assignment(repo, "A1").worker_id == out.worker.id
+        assert "did not join first, second" in out.explain()
+        for wid in ("first", "second"):
+            assert worker(repo, wid).assignment_id is None
+
     def test_without_sessions_the_last_claimer_wins(self) -> None:
         repo = new_repo()
         seed(repo, "holder", "10.0.0.1", running="A1", seen=-10)
@@ -1024,6 +1300,63 @@ class TestSessionEnd:
         seed(repo, "w1", "10.0.0.1", running="A1")
         wm.apply_event(wm.Event.heartbeat("10.0.0.1"), NOW, repo)
         assert assignment(repo, "A1").status is A.RUNNING
+
+    def nat(self) -> wm.InMemoryWorkerRepository:
+        """Two machines behind one NAT address, neither hostname known, each running work."""
+        repo = new_repo()
+        seed(repo, "a", "192.0.2.1", created=-900, seen=-2, running="A1")
+        seed(repo, "b", "192.0.2.1", created=-600, seen=-3, running="A2")
+        return repo
+
+    def test_an_end_that_could_be_either_machines_is_held_not_guessed(self) -> None:
+        repo = self.nat()
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
+        assert (out.ambiguous, out.held, out.ended, out.alert) == (
+            True,
+            ("a", "b"),
+            (),
+            wm.Alert.END_HELD,
+        )
+        assert "held the end (COMPLETED) among a, b" in out.explain()
+        assert (assignment(repo, "A1").status, assignment(repo, "A2").status) == (
+            A.RUNNING,
+            A.RUNNING,
+        )
+        for wid in ("a", "b"):
+            w = worker(repo, wid)
+            assert (w.ended_at, w.status) == (None, S.RUNNING)
+            assert w.held_end is not None
+            assert w.held_end.candidates == ("a", "b")
+
+    def test_a_held_end_goes_to_the_other_machine_once_one_is_heard_from(self) -> None:
+        repo = self.nat()
+        wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
+        # Within ended_grace a request of a's may be a trailing message: it proves nothing.
+        early = wm.apply_event(wm.Event.gui_update("192.0.2.1", "x", worker_id="a"), at(5), repo)
+        assert (early.ended, early.settled) == ((), ())
+        # Past the grace, a's machine is still talking: the end was b's, as of when it came.
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "x", worker_id="a"), at(20), repo)
+        assert out.ended == ("A2",)
+        ((aid, held),) = out.settled
+        assert (aid, held.candidates, held.asked) == ("A2", ("a", "b"), (NOW,))
+        a2 = assignment(repo, "A2")
+        assert (a2.status, a2.ended_at) == (A.COMPLETED, NOW)
+        assert assignment(repo, "A1").status is A.RUNNING
+        assert (worker(repo, "a").held_end, worker(repo, "b").held_end) == (None, None)
+        assert "a did not send the end held among a, b" in out.explain()
+
+    def test_as_many_ends_as_candidates_end_them_all(self) -> None:
+        repo = self.nat()
+        wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), at(3), repo)
+        assert out.ended == ("A1", "A2")
+        assert {assignment(repo, aid).status for aid in ("A1", "A2")} == {A.COMPLETED}
+
+    def test_without_the_evidence_guard_the_tie_break_takes_the_end(self) -> None:
+        repo = self.nat()
+        policy = with_table("no-evidence", guards=wm.DEFAULT_RULES.guards - {wm.Guard.EVIDENCE})
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo, policy)
+        assert (out.worker.id, out.ambiguous, out.ended, out.held) == ("a", True, ("A1",), ())
 
     @pytest.mark.parametrize(
         ("after", "same_worker"),
@@ -1112,7 +1445,7 @@ class TestExplanation:
         lines = text.splitlines()
         assert lines[0] == (
             "request(ip=10.0.0.1, hostname=box, worker_id=ghost) at 2025-11-06T12:00:00+00:00 "
-            "-> worker busy by rule exact_ip (ambiguous) [policy default]"
+            "-> worker busy by rule exact_ip [policy default]"
         )
         assert "  worker_id: no candidates - the hint names worker ghost" in lines
         assert "    ghost: rejected - no such worker" in lines
@@ -1134,9 +1467,11 @@ class TestExplanation:
             "rule": "exact_ip",
             "worker": "busy",
             "created": False,
-            "ambiguous": True,
+            "ambiguous": False,
         }
-        assert [r["rule"] for r in data["reports"]] == [r.value for r in wm.DEFAULT_POLICY.chain]
+        assert data["doubt"] == []
+        chain = wm.DEFAULT_POLICY.chain_for(wm.EventKind.REGISTER)
+        assert [r["rule"] for r in data["reports"]] == [r.value for r in chain]
         (exact,) = [r for r in data["reports"] if r["rule"] == "exact_ip"]
         assert {c["worker"]: c["verdict"] for c in exact["candidates"]} == {
             "busy": "taken",

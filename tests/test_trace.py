@@ -64,6 +64,8 @@ def test_the_spec_example_replays_to_one_worker() -> None:
         "rule": "created",
         "created": True,
         "ambiguous": False,
+        "ended": [],
+        "alert": None,
     }
     # The example is abridged: ten silent minutes pass before "finished", so w1 is stale by
     # then; the finished request makes w2, which takes over A1 from the stale w1 and completes
@@ -91,6 +93,7 @@ def test_the_spec_example_replays_to_one_worker() -> None:
             },
         ],
         "assignments": [{"id": "A1", "status": "COMPLETED", "worker": "w2"}],
+        "pending": [],
     }
     assert list(state["workers"][0]) == ["id", "ip", "hostname", "status", "stale", "merged_into"]
     assert list(state["assignments"][0]) == ["id", "status", "worker"]
@@ -290,6 +293,8 @@ def test_a_refused_claim_is_reported_not_raised() -> None:
         "rule": "created",
         "created": False,
         "ambiguous": False,
+        "ended": [],
+        "alert": None,
         "refused": "running_elsewhere",
     }
 
@@ -312,6 +317,8 @@ def test_a_policy_that_refuses_ambiguity_reports_it() -> None:
         "rule": "exact_ip",
         "created": False,
         "ambiguous": True,
+        "ended": [],
+        "alert": None,
         "refused": "ambiguous",
     }
 

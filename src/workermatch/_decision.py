@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import attrs
 
-from ._errors import AmbiguousMatch, ClaimRefused
+from ._errors import AmbiguousMatch, ClaimRefused, InvalidInput
 from ._model import (
     Assignment,
     AssignmentStatus,
@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FINISHED = "finished"
 FATAL_ERROR = "fatal_error"
@@ -477,8 +478,74 @@ _FINDERS: dict[Rule, _Find] = {
 _ALL_KINDS = frozenset(EventKind)
 
 
+def _members(enum_cls: type[E], value: object, field: str) -> list[E]:
+    """The members named by ``value`` (a sequence of members or their values)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise InvalidInput(f"{field} must be a collection", field=field, value=value)
+    try:
+        return [enum_cls(v) for v in value]
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}", field=field, value=value) from None
+
+
 def _c_kinds(value: object) -> frozenset[EventKind]:
-    return frozenset(EventKind(v) for v in value)  # type: ignore[attr-defined]
+    kinds = frozenset(_members(EventKind, value, "kinds"))
+    if not kinds:
+        raise InvalidInput("a row serves at least one event kind", field="kinds", value=value)
+    return kinds
+
+
+def _c_rule(value: object) -> Rule:
+    rule = _members(Rule, [value], "rule")[0]
+    if rule is Rule.CREATED:
+        raise InvalidInput(
+            "'created' is not a row: every chain ends by creating a worker",
+            field="rule",
+            value=value,
+        )
+    return rule
+
+
+def _c_orphans(value: object) -> OrphanCondition:
+    return _members(OrphanCondition, [value], "orphans")[0]
+
+
+def _c_rows(value: object) -> tuple[Row, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise InvalidInput("rows must be a sequence of Row", field="rows", value=value)
+    rows = tuple(value)
+    if not all(isinstance(r, Row) for r in rows):
+        raise InvalidInput("rows must be a sequence of Row", field="rows", value=value)
+    if len({r.rule for r in rows}) != len(rows):
+        raise InvalidInput("a table lists each rule at most once", field="rows", value=value)
+    return rows
+
+
+def _c_ranking(value: object) -> tuple[Criterion, ...]:
+    ranking = tuple(_members(Criterion, value, "ranking"))
+    if not ranking or len(set(ranking)) != len(ranking):
+        raise InvalidInput(
+            "ranking lists one or more criteria, each once", field="ranking", value=value
+        )
+    return ranking
+
+
+def _c_guards(value: object) -> frozenset[Guard]:
+    return frozenset(_members(Guard, value, "guards"))
+
+
+def _c_effects(value: object) -> frozenset[Effect]:
+    return frozenset(_members(Effect, value, "effects"))
+
+
+def _check_flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{attribute.name} must be a bool", field=attribute.name, value=value)
+
+
+def _check_name(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("a table's name is a non-empty string", field="name", value=value)
 
 
 @attrs.frozen(kw_only=True)
@@ -487,11 +554,13 @@ class Row:
     its candidates.  Taking a candidate updates its address (and its hostname when unknown);
     a hint row's candidate comes back from staleness."""
 
-    rule: Rule
+    rule: Rule = attrs.field(converter=_c_rule)
     kinds: frozenset[EventKind] = attrs.field(default=_ALL_KINDS, converter=_c_kinds)
-    orphans: OrphanCondition = OrphanCondition.NO_HOSTNAME_OR_QUIET
+    orphans: OrphanCondition = attrs.field(
+        default=OrphanCondition.NO_HOSTNAME_OR_QUIET, converter=_c_orphans
+    )
     """Rule 3 only: which recent workers with a RUNNING assignment count as orphans."""
-    weighs_streams: bool = False
+    weighs_streams: bool = attrs.field(default=False, validator=_check_flag)
     """Rule 3 only: weigh the live running streams against the orphans (a heartbeat's own
     machine may have moved; a request without hostname may come from a machine that moved)."""
 
@@ -520,11 +589,11 @@ class Rules:
     """A rule table: the rows of the chain in order, the ranking of one rule's candidates, the
     guards and the effects.  ``workermatch rules`` and ``docs/how-it-decides.md`` print it."""
 
-    name: str
-    rows: tuple[Row, ...]
-    ranking: tuple[Criterion, ...]
-    guards: frozenset[Guard] = frozenset()
-    effects: frozenset[Effect] = frozenset()
+    name: str = attrs.field(validator=_check_name)
+    rows: tuple[Row, ...] = attrs.field(converter=_c_rows)
+    ranking: tuple[Criterion, ...] = attrs.field(converter=_c_ranking)
+    guards: frozenset[Guard] = attrs.field(default=frozenset(), converter=_c_guards)
+    effects: frozenset[Effect] = attrs.field(default=frozenset(), converter=_c_effects)
 
     def chain_for(self, kind: EventKind) -> tuple[Rule, ...]:
         """The rules a request of ``kind`` goes through, in order (creating a worker ends it)."""
@@ -1055,7 +1124,14 @@ class Outcome:
             lines.append(f"  created worker {self.worker.id}")
         lines += [f"  {note}" for note in self.notes]
         if self.ended:
-            lines.append(f"  ended {', '.join(self.ended)}")
+            final = {
+                w.assignment.id: w.assignment.status.value.lower()
+                for w in self.writes
+                if isinstance(w, (InsertAssignment, UpdateAssignment))
+            }
+            lines.append(
+                "  ended " + ", ".join(f"{a} ({final.get(a, 'ended')})" for a in self.ended)
+            )
         if self.idempotent:
             lines.append("  repeated claim of the same assignment: nothing changed")
         if self.alert is not None:
@@ -1326,9 +1402,7 @@ def _request(
     evidence = ctx.guarded(Guard.EVIDENCE)
     if ending and evidence and decision.ambiguous:
         # Which machine sent it is in doubt.
-        held, done = yield from _hold(
-            ctx, decision.doubt, "request", status, out, notes, known
-        )
+        held, done = yield from _hold(ctx, decision.doubt, "request", status, out, notes, known)
     elif ending and evidence and len(worker.contested) > 1:
         # The sender is known, but which of the contested claims is its own is not.
         held, done = yield from _hold(
@@ -1450,9 +1524,7 @@ def _hold(
                 if w is not None and w.held_end == earlier:
                     members[wid] = out.latest(w)
     names = ", ".join(sorted(members))
-    end = HeldEnd(
-        status=status, asked=asked, candidates=tuple(members), count=count, doubt=doubt
-    )
+    end = HeldEnd(status=status, asked=asked, candidates=tuple(members), count=count, doubt=doubt)
     if end.count < len(members):
         for w in members.values():
             out.worker(attrs.evolve(w, held_end=end))
@@ -1468,7 +1540,7 @@ def _hold(
     for w in members.values():
         done += [(aid, end) for aid in (yield from _end(w, status, end.at, out))]
     notes.append(f"as many ends asked as candidates ({names}): all of them ended")
-    return tuple(members), done
+    return (), done
 
 
 def _settle(
@@ -1679,7 +1751,7 @@ def _reconcile(
     ]
     refused = ""
     if named and not found:
-        w = named[0]
+        w = min(named, key=lambda w: w.id)
         refused = (
             f"{w.id} has hostname {hostname} but was heard from after {before.id} appeared"
             if w.last_seen > before.created_at

@@ -567,10 +567,11 @@ class Score:
     * ``wrong``: requests placed on another session's worker (one made by another session's
       request) whose previous request came from another session: each wrong guess counts once,
       not every request that follows it, nor the owner's return to its own worker;
-      ``unflagged``: those among them not flagged ambiguous; ``silent``: the unflagged ones
-      that no earlier wrong guess explains (neither session had been mixed up before).  An
-      unflagged knock-on error follows a flagged guess: once one machine's GUI took another
-      machine's claim, the other machine's GUI finds only the first machine's claim left.
+      ``unflagged``: those among them neither flagged ambiguous nor placed on a contested
+      worker (one chosen under doubt before); ``silent``: the unflagged ones that no earlier
+      wrong guess explains (neither session had been mixed up before).  An unflagged knock-on
+      error follows a guess: once one machine's GUI took another machine's claim, the other
+      machine's GUI finds only the first machine's claim left (and it is contested).
     * ``right``: requests placed on their own session's worker (the worker their session's
       first request there made or took first); ``right_share`` is their share of all requests.
       Unlike ``workers_per_session``, which a policy that puts a whole NAT address on one
@@ -684,7 +685,7 @@ def score(
             right += 1
         if not outcome.created and previous != session and owner != session:
             wrong += 1
-            if outcome.ambiguous:
+            if outcome.ambiguous or outcome.contested:
                 tainted.update((session, previous))
             else:
                 unflagged += 1
