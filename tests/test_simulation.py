@@ -276,6 +276,13 @@ def test_simulate_sums_several_fleets_and_keeps_each_trace(tmp_path: Path) -> No
     assert int(text.splitlines()[1].split()[2]) == sum(sessions)
 
 
+def test_simulate_gives_the_same_figures_in_one_process_or_several() -> None:
+    argv = ("--scenario", "nat-pair", "--scenario", "batch", "--machines", "2", "--fleets", "2")
+    one = run_cli(*argv, "--jobs", "1")
+    assert one[0] == 0
+    assert run_cli(*argv, "--jobs", "2") == one
+
+
 def test_simulate_custom_fleet_and_markdown() -> None:
     status, text = run_cli(
         "--scenario", "custom", "--machines", "2", "--duration", "10", "--vpn-share", "1",
@@ -293,6 +300,7 @@ def test_simulate_custom_fleet_and_markdown() -> None:
         ("--policy", "nobody"),
         ("--vpn-share", "2", "--scenario", "batch"),
         ("--fleets", "0", "--scenario", "batch"),
+        ("--jobs", "0", "--scenario", "batch"),
     ],
 )
 def test_simulate_refuses_bad_arguments_with_status_2(

@@ -597,6 +597,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     corpus.add_argument("name", nargs="?", help="print the path of this trace")
 
+    rules = sub.add_parser(
+        "rules",
+        help="print a shipped policy's rule table",
+        description="Print the rule table of a shipped policy (Markdown): its rows in order, "
+        "its ranking, guards and effects, and its windows.",
+    )
+    rules.add_argument(
+        "--policy", choices=sorted(POLICIES), default="default", help="default: %(default)s"
+    )
+
     simulation = _simulation()
     if simulation is not None:
         sim = sub.add_parser(
@@ -616,6 +626,23 @@ def _simulation() -> Any:
         return importlib.import_module("workermatch.simulation")
     except ImportError:  # pragma: no cover - the simulator ships with the package
         return None
+
+
+def _cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
+    policy = POLICIES[args.policy]
+    out.write(policy.rules.to_markdown())
+    windows = ", ".join(
+        f"`{name}` {_span(getattr(policy, name))}"
+        for name in ("stale_after", "orphan_window", "quiet_period", "hostname_window")
+    )
+    grace = "forever" if policy.ended_grace is None else _span(policy.ended_grace)
+    out.write(f"\nWindows: {windows}, `ended_grace` {grace}.\n")
+    return 0
+
+
+def _span(delta: Any) -> str:
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 60} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds} s"
 
 
 def _cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
@@ -642,6 +669,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) ->
         "demo": _cmd_demo,
         "replay": _cmd_replay,
         "corpus": _cmd_corpus,
+        "rules": _cmd_rules,
         "simulate": _cmd_simulate,
     }
     if args.command is None:

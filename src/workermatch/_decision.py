@@ -579,7 +579,7 @@ _ASKS = {
     Rule.ASSIGNMENT: "the holder of the RUNNING assignment the hint names, stale or not",
     Rule.EXACT_IP: "live workers with the request's IP",
     Rule.RECENT_ORPHAN: "live workers created within orphan_window that hold a RUNNING "
-    "assignment and are not fed by another stream",
+    "assignment and count as orphans",
     Rule.HOSTNAME: "live workers with the request's hostname seen within hostname_window",
 }
 
@@ -605,6 +605,48 @@ class Rules:
             if r.rule is rule:
                 return r
         raise KeyError(rule)
+
+    def to_markdown(self) -> str:
+        """The table as the docs show it (``workermatch rules`` prints it): its rows in order,
+        then the ranking, the guards and the effects."""
+        kinds = [k.value for k in EventKind]
+        lines = [
+            f"Rule table `{self.name}`: every request goes down the rows that serve its kind; "
+            "the first with an eligible candidate places it, else a worker is created.",
+            "",
+            "| # | rule | serves | candidates | weighs |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for n, r in enumerate(self.rows, start=1):
+            served = (
+                "every kind"
+                if r.kinds == _ALL_KINDS
+                else ", ".join(k for k in kinds if EventKind(k) in r.kinds)
+            )
+            weighs = ""
+            if r.rule is Rule.RECENT_ORPHAN:
+                weighs = f"orphans: {r.orphans.value}"
+                if r.weighs_streams:
+                    weighs += "; the live running streams"
+            lines.append(f"| {n} | `{r.rule.value}` | {served} | {r.asks} | {weighs} |")
+        lines.append(f"| {len(self.rows) + 1} | `created` | every kind | none matched | |")
+        lines += [
+            "",
+            "Ranking (evidence first, then tie-break): "
+            + ", ".join(
+                f"`{c.value}`" + ("" if c.is_evidence else " (tie-break)") for c in self.ranking
+            )
+            + ", worker id.",
+            "",
+            "Guards: "
+            + (", ".join(f"`{g.value}`" for g in Guard if g in self.guards) or "none")
+            + ".",
+            "",
+            "Effects: "
+            + (", ".join(f"`{e.value}`" for e in Effect if e in self.effects) or "none")
+            + ".",
+        ]
+        return "\n".join(lines) + "\n"
 
 
 DEFAULT_RULES = Rules(

@@ -21,8 +21,11 @@ Everything is deterministic for a seed: the same parameters and seed give the sa
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
+import multiprocessing
+import os
 import random
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1111,6 +1114,13 @@ class Result:
     score: Score
 
 
+def _score_fleet(scenario: Scenario, fleet_seed: int, policies: Sequence[Policy]) -> list[Score]:
+    """Generate one fleet of ``scenario`` and score it under each policy."""
+    records = generate(scenario.params, fleet_seed)
+    events = [None if r.hint == "worker_id" else r.to_event() for r in records]
+    return [score(records, policy, events=events) for policy in policies]
+
+
 def simulate(
     scenarios: Sequence[Scenario],
     policies: Sequence[Policy],
@@ -1119,6 +1129,7 @@ def simulate(
     fleets: int = 1,
     traces: Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    jobs: int = 1,
 ) -> list[Result]:
     """Generate ``fleets`` traces of each scenario (seeds ``seed``, ``seed + 1``, ...), replay
     each under each policy, and score them: one :class:`Result` per scenario and policy, whose
@@ -1127,38 +1138,53 @@ def simulate(
     ``traces``: a directory that keeps each generated trace as ``<scenario>.jsonl`` (with
     several fleets, ``<scenario>.<seed>.jsonl``) and, when clients send worker_id hints, which
     depend on the policy, ``<scenario>[.<seed>].<policy>.jsonl`` with the hints as that policy's
-    server handed them out.  ``progress(done, total, label)`` is called after each replay.
+    server handed them out.  ``progress(done, total, label)`` is called after each fleet.
+    ``jobs``: how many processes score fleets at once (the results do not depend on it).
     """
     if not isinstance(fleets, int) or isinstance(fleets, bool) or fleets < 1:
         raise InvalidInput(f"fleets must be a positive integer, not {fleets!r}", field="fleets")
-    results: list[Result] = []
-    total = len(scenarios) * len(policies) * fleets
-    done = 0
-    for scenario in scenarios:
-        sums: list[Score | None] = [None] * len(policies)
-        for fleet_seed in range(seed, seed + fleets):
-            records = generate(scenario.params, fleet_seed)
-            hinted = any(r.hint == "worker_id" for r in records)
-            events = [None if r.hint == "worker_id" else r.to_event() for r in records]
-            stem = scenario.name if fleets == 1 else f"{scenario.name}.{fleet_seed}"
-            if traces is not None:
-                traces.mkdir(parents=True, exist_ok=True)
-                with (traces / f"{stem}.jsonl").open("w", encoding="utf-8") as f:
-                    write_trace(records, f)
-            for i, policy in enumerate(policies):
-                s = score(records, policy, events=events)
-                if traces is not None and hinted:
-                    path = traces / f"{stem}.{policy.name}.jsonl"
-                    with path.open("w", encoding="utf-8") as f:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise InvalidInput(f"jobs must be a positive integer, not {jobs!r}", field="jobs")
+    work = [(sc, s) for sc in scenarios for s in range(seed, seed + fleets)]
+    total = len(work) * len(policies)
+    scored: dict[tuple[str, int], list[Score]] = {}
+
+    def finish(sc: Scenario, fleet_seed: int, scores: list[Score]) -> None:
+        scored[(sc.name, fleet_seed)] = scores
+        stem = sc.name if fleets == 1 else f"{sc.name}.{fleet_seed}"
+        if traces is not None:
+            records = generate(sc.params, fleet_seed)
+            traces.mkdir(parents=True, exist_ok=True)
+            with (traces / f"{stem}.jsonl").open("w", encoding="utf-8") as f:
+                write_trace(records, f)
+            if any(r.hint == "worker_id" for r in records):
+                for policy, s in zip(policies, scores, strict=True):
+                    with (traces / f"{stem}.{policy.name}.jsonl").open("w", encoding="utf-8") as f:
                         write_trace(records, f, s.worker_ids)
-                previous = sums[i]
-                sums[i] = s if previous is None else previous + s
-                done += 1
-                if progress is not None:
-                    progress(done, total, f"{stem} / {policy.name}")
-        for policy, total_score in zip(policies, sums, strict=True):
-            assert total_score is not None
-            results.append(Result(scenario=scenario.name, policy=policy.name, score=total_score))
+        if progress is not None:
+            progress(len(scored) * len(policies), total, stem)
+
+    if jobs == 1 or len(work) == 1:
+        for sc, fleet_seed in work:
+            finish(sc, fleet_seed, _score_fleet(sc, fleet_seed, policies))
+    else:
+        spawn = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
+            futures = {
+                pool.submit(_score_fleet, sc, fleet_seed, policies): (sc, fleet_seed)
+                for sc, fleet_seed in work
+            }
+            for future in concurrent.futures.as_completed(futures):
+                sc, fleet_seed = futures[future]
+                finish(sc, fleet_seed, future.result())
+    results: list[Result] = []
+    for sc in scenarios:
+        for i, policy in enumerate(policies):
+            parts = [scored[(sc.name, s)][i] for s in range(seed, seed + fleets)]
+            total_score = parts[0]
+            for part in parts[1:]:
+                total_score = total_score + part
+            results.append(Result(scenario=sc.name, policy=policy.name, score=total_score))
     return results
 
 
@@ -1287,6 +1313,14 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         help="score N fleets of each scenario (seeds SEED to SEED+N-1) and sum their counts "
         "(default 1)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="score N fleets at once, one process each (default: the number of CPUs); the "
+        "figures do not depend on it",
+    )
     parser.add_argument("--traces", type=Path, metavar="DIR", help="keep the generated traces")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument(
@@ -1348,7 +1382,13 @@ def run_simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     bar = _ProgressBar(stderr) if show else None
     try:
         results = simulate(
-            scenarios, policies, args.seed, fleets=args.fleets, traces=args.traces, progress=bar
+            scenarios,
+            policies,
+            args.seed,
+            fleets=args.fleets,
+            traces=args.traces,
+            progress=bar,
+            jobs=args.jobs,
         )
     except InvalidInput as exc:
         stderr.write(f"workermatch simulate: {exc}\n")
