@@ -69,6 +69,7 @@ from ._protocol import (
     WorkerRepository,
     Write,
 )
+from ._token import WorkerTokens
 
 __version__ = "0.1.0.dev0"
 
@@ -115,6 +116,7 @@ __all__ = [
     "Worker",
     "WorkerRepository",
     "WorkerStatus",
+    "WorkerTokens",
     "WorkermatchError",
     "Write",
     "__version__",

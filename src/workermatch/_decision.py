@@ -1107,6 +1107,10 @@ class Alert(str, enum.Enum):
     HINT_REFUSED = "hint_refused"
     """A hint named a worker that the request's other evidence contradicts (another hostname):
     the request was not placed on it."""
+    HINT_ELSEWHERE = "hint_elsewhere"
+    """An assignment hint (ids of assignments can be guessed) placed the request on a worker
+    whose machine was heard from another address within the quiet period: a client that
+    moved, or one that names another machine's work."""
 
     def __repr__(self) -> str:
         return f"Alert.{self.name}"
@@ -1393,6 +1397,18 @@ def _request(
     if _hint_refused(decision):
         alerts.append(Alert.HINT_REFUSED)
         notes.append("the hint named a worker with another hostname: not followed")
+    placed = decision.worker
+    if (
+        decision.rule is Rule.ASSIGNMENT
+        and placed is not None
+        and placed.ip != event.identity.ip
+        and now - placed.last_seen <= policy.quiet_period
+    ):
+        alerts.append(Alert.HINT_ELSEWHERE)
+        notes.append(
+            f"the assignment hint names {placed.id}, whose machine was heard from {placed.ip} "
+            f"{_age(now, placed.last_seen)} ago: a client that moved, or another machine's work"
+        )
     transferred: list[str] = []
     merged: tuple[str, ...] = ()
     kept: list[str] = []
@@ -1489,7 +1505,13 @@ def _hint_refused(decision: Decision) -> bool:
     )
 
 
-_ALERT_ORDER = [Alert.END_HELD, Alert.TRANSFER_HELD, Alert.HINT_REFUSED, Alert.DOUBT]
+_ALERT_ORDER = [
+    Alert.END_HELD,
+    Alert.TRANSFER_HELD,
+    Alert.HINT_REFUSED,
+    Alert.HINT_ELSEWHERE,
+    Alert.DOUBT,
+]
 
 
 def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]:
