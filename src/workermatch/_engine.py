@@ -46,18 +46,37 @@ def _check_policy(policy: object) -> Policy:
     return policy
 
 
-def _check_args(event: object, now: object, policy: object) -> datetime:
+def _check_args(event: object, now: object, policy: object, repo: object) -> datetime | None:
     if not isinstance(event, Event):
         raise InvalidInput(
             f"event must be an Event, not {type(event).__name__}", field="event", value=event
         )
     _check_policy(policy)
+    return _check_now(now, repo)
+
+
+def _check_now(now: object, repo: object) -> datetime | None:
+    """``now`` normalised, or ``None`` for the store's clock (which the store must have)."""
+    if now is None:
+        if not callable(getattr(repo, "clock", None)):
+            raise InvalidInput(
+                "now is None, which asks for the store's clock, and this repository has none: "
+                "pass the time",
+                field="now",
+                value=now,
+            )
+        return None
     return normalize_time(now)
+
+
+def _clock(repo: WorkerRepository) -> datetime:
+    """The store's clock (``repo.clock()``), normalised like any ``now``."""
+    return normalize_time(repo.clock(), field="clock")  # type: ignore[attr-defined]
 
 
 def match_worker(
     identity: Identity,
-    now: datetime,
+    now: datetime | None,
     repo: WorkerRepository,
     policy: Policy = DEFAULT_POLICY,
     *,
@@ -78,18 +97,18 @@ def match_worker(
             field="identity",
             value=identity,
         )
-    now = normalize_time(now)
+    at = _check_now(now, repo)
     _check_policy(policy)
     try:
         event_kind = EventKind.REGISTER if kind is None else EventKind(kind)
     except ValueError:
         raise InvalidInput(f"unknown event kind {kind!r}", field="kind", value=kind) from None
-    return run(choose(identity, now, policy, event_kind), repo)
+    return run(choose(identity, _clock(repo) if at is None else at, policy, event_kind), repo)
 
 
 def plan(
     event: Event,
-    now: datetime,
+    now: datetime | None,
     repo: WorkerRepository,
     policy: Policy = DEFAULT_POLICY,
     *,
@@ -105,16 +124,20 @@ def plan(
     Raises :class:`~workermatch.InvalidInput`, :class:`~workermatch.ClaimRefused` or
     :class:`~workermatch.AmbiguousMatch`; in each case nothing was written.
     """
-    now = _check_args(event, now, policy)
+    at = _check_args(event, now, policy, repo)
     computation = decide(
-        event, now, policy, create_assignments=create_assignments, new_worker_id=new_worker_id
+        event,
+        _clock(repo) if at is None else at,
+        policy,
+        create_assignments=create_assignments,
+        new_worker_id=new_worker_id,
     )
     return run(computation, repo)
 
 
 def apply_event(
     event: Event,
-    now: datetime,
+    now: datetime | None,
     repo: WorkerRepository,
     policy: Policy = DEFAULT_POLICY,
     *,
@@ -126,14 +149,18 @@ def apply_event(
     :class:`~workermatch.ClaimRefused` or :class:`~workermatch.AmbiguousMatch` with nothing
     written, and :class:`~workermatch.StorageError` (the driver's exception as its cause) when
     the store fails, which leaves the store as it was.
+
+    ``now`` of ``None`` decides at the store's clock (``repo.clock()``, the database server's
+    time on the SQL stores), read inside the atomic unit: with several server processes on one
+    database, their clocks' skew then cannot change a decision.
     """
-    now = _check_args(event, now, policy)
+    at = _check_args(event, now, policy, repo)
 
     def unit() -> Outcome:
         outcome = run(
             decide(
                 event,
-                now,
+                _clock(repo) if at is None else at,
                 policy,
                 create_assignments=create_assignments,
                 new_worker_id=repo.new_worker_id,
@@ -156,19 +183,20 @@ def _guarded(repo: WorkerRepository, unit: Callable[[], T]) -> T:
 
 
 def sweep(
-    repo: WorkerRepository, now: datetime, policy: Policy = DEFAULT_POLICY
+    repo: WorkerRepository, now: datetime | None, policy: Policy = DEFAULT_POLICY
 ) -> tuple[str, ...]:
     """Persist the ``stale`` flag of every worker silent past ``policy.stale_after`` at ``now``.
 
     For dashboards only: decisions evaluate staleness at their own ``now`` and never need a
-    sweep.  Returns the ids flagged, sorted.
+    sweep.  Returns the ids flagged, sorted.  ``now`` of ``None``: the store's clock.
     """
-    now = normalize_time(now)
+    at = _check_now(now, repo)
     _check_policy(policy)
 
     def unit() -> tuple[str, ...]:
+        when = _clock(repo) if at is None else at
         found = sorted(
-            repo.unflagged_workers_seen_before(now - policy.stale_after), key=lambda w: w.id
+            repo.unflagged_workers_seen_before(when - policy.stale_after), key=lambda w: w.id
         )
         repo.write([UpdateWorker(worker=attrs.evolve(w, stale=True)) for w in found])
         return tuple(w.id for w in found)

@@ -494,6 +494,23 @@ class SQLWorkerRepository:
         found = self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
+    def clock(self) -> datetime:
+        """The database server's current time (UTC): one clock for every server process that
+        shares this database.  ``apply_event(event, None, repo)`` decides at this time, read in
+        the decision's own transaction, so that clock skew between server processes cannot
+        split a session or mix two."""
+
+        def run() -> datetime:
+            conn = self._conn()
+            value = conn.execute(sa.select(self._utc_now_sql())).scalar_one()
+            if isinstance(value, str):  # SQLite's strftime text
+                value = datetime.fromisoformat(value)
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+        return self._read("reading the database's clock", run)
+
     def get_assignment(self, assignment_id: str) -> Assignment | None:
         check_id(assignment_id, "assignment_id")
 
