@@ -49,6 +49,7 @@ from ._model import (
     normalize_ip,
     normalize_time,
 )
+from ._observe import add_outcome_hook, remove_outcome_hook
 from ._policy import (
     DEFAULT_POLICY,
     LEGACY_POLICY,
@@ -120,6 +121,7 @@ __all__ = [
     "WorkermatchError",
     "Write",
     "__version__",
+    "add_outcome_hook",
     "apply_event",
     "get_policy",
     "match_worker",
@@ -127,6 +129,7 @@ __all__ = [
     "normalize_ip",
     "normalize_time",
     "plan",
+    "remove_outcome_hook",
     "sequential_ids",
     "sweep",
 ]

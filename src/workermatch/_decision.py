@@ -1163,6 +1163,23 @@ class Outcome:
         """Whether the request landed on a worker chosen under doubt, now or before."""
         return bool(self.worker.contested)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form of the outcome, for structured logs: the decision's
+        :meth:`Decision.to_dict`, then what the request did."""
+        return {
+            **self.decision.to_dict(),
+            "kind": self.event.kind.value,
+            "worker": self.worker.id,
+            "created": self.created,
+            "transferred": list(self.transferred),
+            "ended": list(self.ended),
+            "merged": list(self.merged),
+            "held": list(self.held),
+            "alert": None if self.alert is None else self.alert.value,
+            "contested": self.contested,
+            "notes": list(self.notes),
+        }
+
     def explain(self) -> str:
         """The decision's explanation, followed by what the request wrote and why."""
         lines = [self.decision.explain()]

@@ -19,6 +19,7 @@ import attrs
 from ._decision import NEW_WORKER, Ask, Decision, Outcome, choose, decide
 from ._errors import InvalidInput, StorageError, WorkermatchError
 from ._model import Event, EventKind, Identity, normalize_time
+from ._observe import report
 from ._policy import DEFAULT_POLICY, Policy
 from ._protocol import UpdateWorker, WorkerRepository
 
@@ -170,7 +171,9 @@ def apply_event(
         repo.write(outcome.writes)
         return outcome
 
-    return _guarded(repo, unit)
+    outcome = _guarded(repo, unit)
+    report(outcome)
+    return outcome
 
 
 def _guarded(repo: WorkerRepository, unit: Callable[[], T]) -> T:
