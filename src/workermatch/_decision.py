@@ -332,6 +332,17 @@ def _find_assignment(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     assignment = yield from _get_assignment(hint)
     if assignment is None:
         return _Found(workers=[], rejected=[], detail=detail + ", which does not exist")
+    if assignment.status.is_final and assignment.worker_id is not None:
+        # A trailing message of a session that just ended: its worker answers it within the
+        # grace for trailing messages (and is ineligible after it).
+        worker = yield from _get_worker(assignment.worker_id)
+        found = [worker] if worker is not None and worker.ended_at is not None else []
+        return _Found(
+            workers=found,
+            rejected=[],
+            detail=detail + f", which is {assignment.status.value}"
+            + (f" on {worker.id}, whose session ended" if found and worker else ""),
+        )
     if assignment.status is not AssignmentStatus.RUNNING:
         return _Found(
             workers=[], rejected=[], detail=detail + f", which is {assignment.status.value}"
