@@ -1,6 +1,6 @@
 """A worker-facing HTTP API on workermatch, with nothing but the standard library.
 
-The routes and bodies are the real client's (``docs/concepts.md``): the client sends its public
+The routes and bodies are the real client's (``docs/integration.md``): the client sends its public
 IP as ``machineId``; heartbeats add ``hostname``; GUI updates carry a ``message``.  Clients that
 can may add the strong hints ``workerId`` and ``assignmentId``.
 

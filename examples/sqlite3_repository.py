@@ -2,7 +2,7 @@
 
 It stores workers and assignments in SQLite through the standard library's ``sqlite3`` module
 (no SQLAlchemy, no workermatch internals) and passes the conformance kit: see
-``test_sqlite3_repository.py`` next to this file, and ``docs/conformance.md``.
+``test_sqlite3_repository.py`` next to this file, and ``docs/stores.md``.
 
 Times are stored as UTC text with millisecond precision (``2025-11-06T10:00:00.000Z``), so
 that text order is time order and the queries can compare them as strings.

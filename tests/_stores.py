@@ -87,6 +87,18 @@ CREATE TABLE "progress_events" (
 """
 
 
+State = tuple[list[wm.Worker], list[wm.Assignment]]
+
+
+def state(repo: wm.WorkerRepository) -> State:
+    """Every row of ``repo``, workers then assignments, each sorted by id: compare two stores, or
+    one store before and after, with ``==``."""
+    return (
+        sorted(repo.all_workers(), key=lambda w: w.id),
+        sorted(repo.all_assignments(), key=lambda a: a.id),
+    )
+
+
 class StoreFactory(Protocol):
     def __call__(self, id_factory: Callable[[], str] | None = None) -> wm.WorkerRepository: ...
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import workermatch as wm
+from workermatch._cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -27,14 +28,26 @@ def code_block_after(text: str, marker: str) -> str:
     return found.group(1)
 
 
-def test_the_worked_example_in_rules_md_prints_what_the_page_shows() -> None:
-    page = (DOCS / "rules.md").read_text(encoding="utf-8")
+def test_the_worked_example_in_how_it_decides_prints_what_the_page_shows() -> None:
+    page = (DOCS / "how-it-decides.md").read_text(encoding="utf-8")
     code = code_block_after(page, "<!-- worked-example: code -->")
     expected = code_block_after(page, "<!-- worked-example: output -->")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "docs/rules.md", "exec"), {"__name__": "worked_example"})
+        exec(compile(code, "docs/how-it-decides.md", "exec"), {"__name__": "worked_example"})
     assert out.getvalue() == expected
+
+
+@pytest.mark.parametrize("policy", sorted(wm.POLICIES))
+def test_the_rule_tables_in_how_it_decides_are_what_workermatch_rules_prints(policy: str) -> None:
+    page = (DOCS / "how-it-decides.md").read_text(encoding="utf-8")
+    blocks = re.findall(rf"<!-- rules: {policy} -->\n(.*?)<!-- /rules -->", page, re.DOTALL)
+    assert len(blocks) == 1, f"one block <!-- rules: {policy} --> ... <!-- /rules --> expected"
+    out = io.StringIO()
+    assert cli_main(["rules", "--policy", policy], stdout=out) == 0
+    printed = out.getvalue()
+    assert wm.POLICIES[policy].rules.to_markdown() in printed
+    assert blocks[0].strip() == printed.strip()
 
 
 def test_the_api_reference_covers_every_public_name() -> None:
@@ -49,6 +62,69 @@ def test_the_index_links_every_page() -> None:
     linked = set(re.findall(r"\]\(([\w.-]+\.md)\)", index))
     pages = {p.name for p in DOCS.glob("*.md")} - {"index.md"}
     assert sorted(pages - linked) == []
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+
+
+LINKED_FILES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+@pytest.mark.parametrize("path", LINKED_FILES, ids=lambda p: p.name)
+def test_every_link_names_a_file_and_heading_that_exist(path: Path) -> None:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # an external address
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        missing = not linked.exists()
+        if missing or (anchor and linked.suffix == ".md" and anchor not in anchors(linked)):
+            broken.append(target)
+    assert broken == []
+
+
+GONE = [
+    "spec/",
+    "semantics.md",
+    "shared/",
+    "real-system.md",
+    "concepts.md",
+    "rules.md",
+    "decisions.md",
+    "policies.md",
+    "accuracy.md",
+    "sql.md",
+    "conformance.md",
+    "cli.md",
+    "trace-format.md",
+]
+
+
+@pytest.mark.parametrize("path", LINKED_FILES, ids=lambda p: p.name)
+def test_no_page_names_a_file_the_repository_does_not_hold(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    named = [g for g in GONE if re.search(rf"(?<![\w-]){re.escape(g)}", text)]
+    assert named == []
+
+
+def test_tuning_lists_every_strict_expected_failure_of_the_guarantees() -> None:
+    tests = (ROOT / "tests" / "guarantees" / "test_guarantees.py").read_text(encoding="utf-8")
+    xfails = re.findall(r"@pytest\.mark\.xfail\(.*?\)\ndef (test_\w+)", tests, re.DOTALL)
+    assert xfails
+    page = (DOCS / "tuning.md").read_text(encoding="utf-8")
+    limits = page.split("## Known limits", 1)[1]
+    assert sorted(name for name in xfails if name not in limits) == []
+    assert "<!-- figures: workermatch simulate --fleets 10 --markdown -->" in page
 
 
 # ---------------------------------------------------------------------------------------------

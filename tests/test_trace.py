@@ -352,7 +352,7 @@ def test_two_replays_of_one_trace_print_the_same_text() -> None:
 
 
 def test_the_worked_example_in_the_docs_prints_what_the_docs_say() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "trace-format.md").read_text()
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli-and-traces.md").read_text()
     blocks = [b.split("```", 1)[0] for b in doc.split("```json\n")[1:]]
     story, default_out, note_out = (b.strip().splitlines() for b in blocks[:3])
     for policy, documented in ((wm.DEFAULT_POLICY, default_out), (wm.NOTE_POLICY, note_out)):

@@ -1,4 +1,5 @@
-"""The ``workermatch`` command: ``demo``, ``replay`` and ``corpus`` (``docs/cli.md``).
+"""The ``workermatch`` command: ``demo``, ``replay``, ``corpus``, ``rules`` and ``simulate``
+(``docs/cli-and-traces.md``).
 
 Standard library only (argparse), so the command works with nothing but the core installed;
 ``--db`` imports the SQL repositories lazily and says which extra to install when they are
@@ -317,7 +318,7 @@ def _cmd_corpus(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{path}\n")
         return EXIT_OK
     out.write(f"Traces shipped with workermatch, in {directory}\n")
-    out.write("(expected outputs per policy in expected/; what each shows in README.md):\n\n")
+    out.write("(what each shows, and how each policy decides it, in README.md):\n\n")
     for p in traces:
         out.write(f"  {p.stem}\n")
     out.write('\nReplay one with: workermatch replay "$(workermatch corpus NAME)"\n')
@@ -522,7 +523,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         "claim's worker (rule recent_orphan), so the session stays one worker. A client that\n"
         "names its assignment removes the guess entirely.\n\n"
         "Next: workermatch replay TRACE.jsonl (your own requests, or a shipped example:\n"
-        "workermatch corpus), and docs/trace-format.md for the format.\n"
+        "workermatch corpus), and docs/cli-and-traces.md for the format.\n"
     )
     if args.write_trace is not None:
         with open(args.write_trace, "w", encoding="utf-8") as f:
@@ -564,7 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "replay",
         help="replay a trace (JSON Lines) and print what each request resolved to",
-        description="Replay TRACE (JSON Lines, docs/trace-format.md; '-' reads standard input) "
+        description="Replay TRACE (JSON Lines, docs/cli-and-traces.md; '-' reads standard input) "
         "from an empty store and print, per request, the worker, the rule and whether it was "
         "created or ambiguous, then the final state.",
     )
@@ -614,7 +615,7 @@ def _parser() -> argparse.ArgumentParser:
             help="generate fleets with ground truth, replay them under policies, and score",
             description="Generate fleets with ground truth, replay them under each policy, "
             "and score fragmentation, hijacks, lost assignments and ambiguity "
-            "(docs/accuracy.md).",
+            "(docs/tuning.md).",
         )
         simulation.add_simulate_arguments(sim)
     return parser

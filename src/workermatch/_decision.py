@@ -340,7 +340,8 @@ def _find_assignment(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
         return _Found(
             workers=found,
             rejected=[],
-            detail=detail + f", which is {assignment.status.value}"
+            detail=detail
+            + f", which is {assignment.status.value}"
             + (f" on {worker.id}, whose session ended" if found and worker else ""),
         )
     if assignment.status is not AssignmentStatus.RUNNING:

@@ -1,7 +1,7 @@
 """Traces: requests as a server saw them, as JSON Lines, and their replay.
 
 A trace is a language-neutral record of requests in arrival order, one JSON object a line
-(``docs/trace-format.md`` describes the format and every choice this module makes).  This module
+(``docs/cli-and-traces.md`` describes the format and every choice this module makes).  This module
 reads traces (:func:`parse_trace`), writes them (:func:`record_to_dict`, :func:`dump_record`),
 replays them against any :class:`~workermatch.WorkerRepository` (:func:`replay`) and prints the
 store's state afterwards (:func:`final_state`), exactly as ``workermatch replay`` does::

@@ -21,23 +21,16 @@ import attrs
 import pytest
 
 import workermatch as wm
-from _stores import StoreFactory
+from _stores import State, StoreFactory
+from _stores import state as snapshot
+from _times import NOW
 from workermatch import trace
 from workermatch._cli import main
 from workermatch._model import MAX_TIME, MIN_TIME, quote
 
-NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
-NAIVE = datetime(2025, 11, 6, 12, 0, 0)
+NAIVE = NOW.replace(tzinfo=None)
 
-State = tuple[list[wm.Worker], list[wm.Assignment]]
 R = TypeVar("R", bound=wm.WorkerRepository)
-
-
-def snapshot(repo: wm.WorkerRepository) -> State:
-    return (
-        sorted(repo.all_workers(), key=lambda w: w.id),
-        sorted(repo.all_assignments(), key=lambda a: a.id),
-    )
 
 
 def populated() -> wm.InMemoryWorkerRepository:

@@ -7,11 +7,11 @@ hostname) then arrive while the previous worker is still inside ``ended_grace``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import workermatch as wm
+from _times import T0
 
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 IP = "157.193.240.188"
 HOST = "UG-GNS0S34"
 

@@ -7,14 +7,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import attrs
 import pytest
 
 import workermatch as wm
+from _stores import state
+from _times import NOW
 
-NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
 A = wm.AssignmentStatus
 S = wm.WorkerStatus
 
@@ -25,13 +26,6 @@ def at(seconds: float) -> datetime:
 
 def new_repo() -> wm.InMemoryWorkerRepository:
     return wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids())
-
-
-def state(repo: wm.WorkerRepository) -> tuple[list[wm.Worker], list[wm.Assignment]]:
-    return (
-        sorted(repo.all_workers(), key=lambda w: w.id),
-        sorted(repo.all_assignments(), key=lambda a: a.id),
-    )
 
 
 def a_worker(wid: str, ip: str = "10.0.0.1", **fields: object) -> wm.Worker:

@@ -11,8 +11,7 @@ import attrs
 import pytest
 
 import workermatch as wm
-
-NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
+from _times import NOW
 
 # Everything a repr may name: the public names and the datetime module.
 NAMESPACE: dict[str, Any] = {name: getattr(wm, name) for name in wm.__all__}

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import pytest
 
 import workermatch as wm
+from _stores import state
+from _times import NOW
 
-NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
 T = TypeVar("T")
 
 
@@ -192,13 +193,6 @@ POLICIES = [
     wm.LEGACY_POLICY,
     wm.DEFAULT_POLICY.evolve(name="skip-ambiguous", on_ambiguous=wm.OnAmbiguous.SKIP_RULE),
 ]
-
-
-def state(repo: wm.WorkerRepository) -> tuple[list[wm.Worker], list[wm.Assignment]]:
-    return (
-        sorted(repo.all_workers(), key=lambda w: w.id),
-        sorted(repo.all_assignments(), key=lambda a: a.id),
-    )
 
 
 def safe_plan(event: wm.Event, repo: wm.WorkerRepository, policy: wm.Policy) -> object:

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import attrs
 import pytest
 
 import workermatch as wm
+from _times import T0
 
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 OLD_IP = "157.193.240.188"
 NEW_IP = "157.193.240.190"
 HOST = "UG-GNS0S34"

@@ -8,15 +8,15 @@ whether it was flagged ambiguous, and what the explanation says.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 import pytest
 
 import workermatch as wm
+from _times import NOW
 
-NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
 A = wm.AssignmentStatus
 S = wm.WorkerStatus
 

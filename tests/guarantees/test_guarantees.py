@@ -28,6 +28,7 @@ from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 import workermatch as wm
+from _stores import state as snapshot
 from workermatch.testing import EPOCH, FleetStream, StreamEvent, Truth, fleet_streams
 
 POLICY = wm.DEFAULT_POLICY
@@ -417,13 +418,6 @@ class ShuffledReads:
             return result
 
         return shuffled
-
-
-def snapshot(repo: wm.WorkerRepository) -> tuple[list[wm.Worker], list[wm.Assignment]]:
-    return (
-        sorted(repo.all_workers(), key=lambda w: w.id),
-        sorted(repo.all_assignments(), key=lambda a: a.id),
-    )
 
 
 def copy_in_order(repo: wm.WorkerRepository, rnd: random.Random) -> wm.InMemoryWorkerRepository:

@@ -9,7 +9,7 @@ state must be identical.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import workermatch as wm
 from _stores import StoreFactory
+from _times import T0
 
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 IPS = ["10.0.0.1", "10.0.0.2", "2001:db8::7", "10.0.0.3"]
 HOSTS = [None, "lab-1", "lab-2", "LAB-1."]
 STEPS = [0.0, 0.0005, 0.4, 3.0, 20.0, 31.0, 45.0, 130.0, 301.0, 400.0]

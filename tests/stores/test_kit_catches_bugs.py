@@ -1,8 +1,9 @@
 """The conformance kit catches broken repositories, with a message that points at the fault.
 
 Each case writes a small test module with one deliberately broken repository (derived from the
-in-memory reference) and its ten-line kit subclass, runs pytest on it, and asserts which kit
-test fails and what its message says.
+in-memory repository; the kit compares it with its own scan-everything reference) and its
+ten-line kit subclass, runs pytest on it, and asserts which kit test fails and what its message
+says.
 """
 
 from __future__ import annotations

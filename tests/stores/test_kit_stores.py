@@ -1,5 +1,8 @@
 """Dogfooding: the conformance kit on every repository the project ships.
 
+Each store, the in-memory one included, is compared with the kit's reference,
+:class:`workermatch.testing.ReferenceRepository` (a scan of every row), never with itself.
+
 The stores come from the ``store_factory`` fixture (``tests/_stores.py``): memory, SQLite, and,
 when their URLs are set, PostgreSQL, MariaDB and the real system's Prisma tables.  The back door
 writes rows with SQLAlchemy Core on the repository's own engine and tables, never through the

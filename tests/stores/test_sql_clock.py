@@ -12,9 +12,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from _stores import SQL_STORE_IDS, StoreFactory
 
 import workermatch as wm
+from _stores import SQL_STORE_IDS, StoreFactory
 
 sql_stores = pytest.mark.parametrize("store_factory", SQL_STORE_IDS, indirect=True)
 

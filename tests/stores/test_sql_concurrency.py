@@ -20,7 +20,7 @@ import multiprocessing
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -28,13 +28,13 @@ import pytest
 
 import workermatch as wm
 from _stores import SQL_STORE_IDS, StoreFactory
+from _times import T0
 
 pytestmark = pytest.mark.parametrize("store_factory", SQL_STORE_IDS, indirect=True)
 
 PROCESSES = 3
 THREADS = 4
 MACHINES = 12
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 BURST_AT = T0 + timedelta(seconds=60)
 POLICY = wm.DEFAULT_POLICY.evolve(
     name="stress",

@@ -7,7 +7,7 @@ state must be identical.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 
 import workermatch as wm
 from _stores import StoreFactory
+from _times import T0
 from workermatch import trace
 
 CORPUS = Path(str(resources.files("workermatch") / "corpus"))
@@ -31,7 +32,6 @@ CASES = [(name, "default") for name in TRACES] + [
     )
     for policy in ("note", "legacy")
 ]
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 
 
 def run_trace(repo: wm.WorkerRepository, name: str, policy: wm.Policy) -> list[Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,11 +21,12 @@ import sqlalchemy as sa
 
 import workermatch as wm
 from _stores import SQL_STORE_IDS, StoreFactory
+from _stores import state as _state
+from _times import T0
 from workermatch.sql import SQLWorkerRepository
 
 pytestmark = pytest.mark.parametrize("store_factory", SQL_STORE_IDS, indirect=True)
 
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 IP = "10.0.0.1"
 
 Seed = Callable[[wm.WorkerRepository], None]
@@ -51,13 +52,6 @@ SCENARIOS: dict[str, tuple[Seed, wm.Event, datetime]] = {
     # UpdateWorker, UpdateAssignment (COMPLETED)
     "finished": (_claimed, wm.Event.gui_update(IP, "finished"), T0 + timedelta(seconds=5)),
 }
-
-
-def _state(repo: wm.WorkerRepository) -> tuple[list[wm.Worker], list[wm.Assignment]]:
-    return (
-        sorted(repo.all_workers(), key=lambda w: w.id),
-        sorted(repo.all_assignments(), key=lambda a: a.id),
-    )
 
 
 def _is_write(statement: str) -> bool:

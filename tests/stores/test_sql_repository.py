@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 import workermatch as wm
 from _stores import SQL_STORE_IDS, StoreFactory
+from _times import T0
 from workermatch.sql import (
     DEFAULT_MAPPING,
     PRISMA_MAPPING,
@@ -21,7 +22,6 @@ from workermatch.sql import (
     schema_ddl,
 )
 
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 sql_stores = pytest.mark.parametrize("store_factory", SQL_STORE_IDS, indirect=True)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from sqlalchemy.pool import NullPool
 
 import workermatch as wm
 from _stores import SQL_STORE_IDS, StoreFactory, skip_without_server
+from _times import T0
 from workermatch.sql import DEFAULT_RETRY, RetryPolicy, SQLWorkerRepository
 
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 IP = "10.0.0.1"
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import workermatch as wm
 from _stores import StoreFactory
+from _times import T0
 
-T0 = datetime(2025, 11, 6, 10, 0, 1, tzinfo=timezone.utc)
+START = T0 + timedelta(seconds=1)  # the story's first request, as in test_story
 
 
 def test_a_fresh_store_is_empty_and_keeps_what_a_decision_writes(
@@ -15,13 +16,13 @@ def test_a_fresh_store_is_empty_and_keeps_what_a_decision_writes(
 ) -> None:
     repo = store_factory(wm.sequential_ids())
     assert repo.all_workers() == []
-    claim = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), T0, repo, create_assignments=True)
+    claim = wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), START, repo, create_assignments=True)
     beat = wm.apply_event(
-        wm.Event.heartbeat("10.0.0.2", hostname="Box"), T0 + timedelta(seconds=20.123456), repo
+        wm.Event.heartbeat("10.0.0.2", hostname="Box"), START + timedelta(seconds=20.123456), repo
     )
     assert (claim.worker.id, beat.worker.id, beat.rule) == ("w1", "w1", wm.Rule.RECENT_ORPHAN)
     (worker,) = repo.all_workers()
     assert worker == beat.worker
-    assert worker.last_seen == T0 + timedelta(seconds=20.123)
+    assert worker.last_seen == START + timedelta(seconds=20.123)
     again = store_factory(wm.sequential_ids())
     assert again.all_workers() == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,11 +19,10 @@ import sqlalchemy as sa
 
 import workermatch as wm
 from _stores import SQL_STORE_IDS, StoreFactory
+from _times import T0
 from workermatch.sql import SQLWorkerRepository
 
 pytestmark = pytest.mark.parametrize("store_factory", SQL_STORE_IDS, indirect=True)
-
-T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 
 
 @contextmanager

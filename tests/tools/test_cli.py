@@ -91,7 +91,7 @@ def test_replay_reads_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_replay_prints_the_corpus_expected_output() -> None:
     expected = (
-        Path(__file__).resolve().parent / "corpus_expected" / "note-three-workers.legacy.jsonl"
+        Path(__file__).resolve().parents[1] / "corpus_expected" / "note-three-workers.legacy.jsonl"
     ).read_text()
     assert run("replay", str(STORY), "--jsonl", "--policy", "legacy") == (0, expected)
 
@@ -275,7 +275,7 @@ def test_corpus_lists_the_shipped_traces_and_prints_a_path() -> None:
 
 
 def test_the_demo_summary_in_the_docs_is_what_the_demo_prints() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli-and-traces.md").read_text()
     documented = doc.split("```\nSummary\n", 1)[1].split("```", 1)[0]
     status, out = run("demo")
     assert status == 0

@@ -20,7 +20,7 @@ from workermatch import trace
 from workermatch._cli import main
 
 CORPUS = Path(str(resources.files("workermatch") / "corpus"))
-EXPECTED = Path(__file__).resolve().parent / "corpus_expected"
+EXPECTED = Path(__file__).resolve().parents[1] / "corpus_expected"
 TRACES = sorted(p.stem for p in CORPUS.glob("*.jsonl"))
 POLICY_NAMES = ("default", "note", "legacy")
 

@@ -10,7 +10,7 @@ Install with ``pip install workermatch[sql]`` (SQLite), ``workermatch[postgresql
 True
 >>> repo.close()
 
-``docs/sql.md`` describes the schema, the mapping onto existing tables (with the real system's
+``docs/stores.md`` describes the schema, the mapping onto existing tables (with the real system's
 Prisma schema as :data:`PRISMA_MAPPING`), and how each database keeps decisions race-safe.
 """
 

@@ -1,6 +1,6 @@
 """The SQL repository: the :class:`~workermatch.WorkerRepository` protocol on SQLAlchemy 2.
 
-How a decision is made atomic and race-safe, per database (``docs/sql.md`` says why each is
+How a decision is made atomic and race-safe, per database (``docs/stores.md`` says why each is
 safe):
 
 * **PostgreSQL**: every transaction runs at ``SERIALIZABLE`` (serializable snapshot isolation);

@@ -5,15 +5,18 @@ root never imports this module.
 
 * :class:`RepositoryContract` -- subclass it as ``TestMyRepository`` and supply
   ``make_repository`` and a back-door ``seed``; every protocol method is checked against the
-  in-memory reference, and every decision over generated fleet streams must equal the
-  reference's.
+  reference, and every decision over generated fleet streams must equal the reference's.
+* :class:`ReferenceRepository` -- the reference: the protocol written out as plainly as
+  possible, every query a scan of every row (no index), new worker ids ``w1``, ``w2``, ...
+  The kit compares every repository with it, :class:`~workermatch.InMemoryWorkerRepository`
+  included.
 * :class:`RepositoryStateMachine` -- a Hypothesis state machine driving your repository and the
   reference side by side (``run_state_machine_as_test(lambda: RepositoryStateMachine(f))``).
 * Strategies: :func:`ip_addresses`, :func:`hostnames`, :func:`identities`, :func:`workers`,
   :func:`assignments`, :func:`policies` and :func:`fleet_streams` (with ground truth); ids and
   hostnames include :func:`lookalikes` (differing only in case, accents, NFC/NFD or width).
 
-``docs/conformance.md`` is the guide.
+``docs/stores.md`` is the guide.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from ._compare import apply_to_both, assert_same_state, sweep_both
 from ._contract import RepositoryContract
 from ._machine import RepositoryStateMachine
+from ._reference import ReferenceRepository
 from ._strategies import (
     EPOCH,
     FleetStream,
@@ -43,6 +47,7 @@ from ._strategies import (
 __all__ = [
     "EPOCH",
     "FleetStream",
+    "ReferenceRepository",
     "RepositoryContract",
     "RepositoryStateMachine",
     "SessionTruth",

@@ -15,10 +15,10 @@ import attrs
 from .._decision import Outcome
 from .._engine import apply_event, sweep
 from .._errors import AmbiguousMatch, ClaimRefused, StorageError, WorkermatchError
-from .._memory import InMemoryWorkerRepository, sequential_ids
 from .._model import Assignment, Event, Worker
 from .._policy import Policy
 from .._protocol import WorkerRepository
+from ._reference import ReferenceRepository
 
 __all__ = ["Result", "apply_to_both", "assert_same_rows", "assert_same_state", "sweep_both"]
 
@@ -112,7 +112,7 @@ def _outcome_diff(mine: Outcome, ref: Outcome) -> list[str]:
 
 def apply_to_both(
     repo: WorkerRepository,
-    reference: InMemoryWorkerRepository,
+    reference: WorkerRepository,
     event: Event,
     now: datetime,
     policy: Policy,
@@ -152,7 +152,7 @@ def _indent(text: str) -> str:
 
 def sweep_both(
     repo: WorkerRepository,
-    reference: InMemoryWorkerRepository,
+    reference: WorkerRepository,
     now: datetime,
     policy: Policy,
 ) -> None:
@@ -219,6 +219,6 @@ def _assignment_key(a: Assignment) -> str:
     return a.id
 
 
-def new_reference() -> InMemoryWorkerRepository:
-    """A fresh reference repository whose ids are ``w1``, ``w2``, ..."""
-    return InMemoryWorkerRepository(id_factory=sequential_ids())
+def new_reference() -> ReferenceRepository:
+    """A fresh, empty reference repository whose ids are ``w1``, ``w2``, ..."""
+    return ReferenceRepository()

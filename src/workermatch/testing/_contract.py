@@ -2,7 +2,7 @@
 
 The class is named so that pytest does not collect it where it is defined; a subclass whose
 name starts with ``Test`` is collected and runs every check.  Test names are public API
-(``docs/conformance.md`` says how changes to them are announced).
+(``docs/stores.md`` says how changes to them are announced).
 """
 
 from __future__ import annotations
@@ -177,6 +177,9 @@ def _product(xs: Sequence[T], ys: Sequence[U]) -> list[tuple[T, U]]:
 
 class RepositoryContract(Generic[R]):
     """The conformance kit.  Subclass it as ``TestMyRepository`` and supply two methods.
+
+    Every check compares the repository with the reference, :class:`ReferenceRepository` (every
+    query a scan of every row), given the same rows or the same requests.
 
     ``make_repository(id_factory=...)`` returns a fresh, empty, isolated repository.  When
     ``id_factory`` is given, the repository's ``new_worker_id`` must return its values (the kit

@@ -28,8 +28,8 @@ _STEPS = (0.0, 0.2, 3.0, 29.0, 31.0, 125.0, 301.0, 700.0)
 
 class RepositoryStateMachine(RuleBasedStateMachine):
     """Claims, heartbeats, updates, finishes, registrations, time jumps and sweeps, applied to a
-    repository under test and to the in-memory reference; after every step the decisions, the
-    writes and the stored rows must be equal.
+    repository under test and to the reference (:class:`ReferenceRepository`, which scans every
+    row); after every step the decisions, the writes and the stored rows must be equal.
 
     ``make_repository`` returns a fresh, empty repository whose ``new_worker_id`` follows the
     reference's ``w1``, ``w2``, ... (build it with ``id_factory=sequential_ids()``)::
