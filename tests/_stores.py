@@ -34,8 +34,8 @@ SERVER_STORES = {
 }
 SQL_STORE_IDS = ("sqlite", "postgresql", "mysql", "prisma")
 
-#: The real system's tables as its Prisma migrations would create them (from the facts in
-#: shared/research/real-system.md); run inside the schema given by ``search_path``.
+#: The real system's tables as its Prisma migrations would create them (the dashboard behind
+#: the design note); run inside the schema given by ``search_path``.
 PRISMA_DDL = """
 CREATE TYPE "WorkerStatus" AS ENUM ('IDLE', 'RUNNING', 'ERROR', 'OFFLINE');
 CREATE TYPE "AssignmentStatus" AS ENUM ('PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'CANCELLED');

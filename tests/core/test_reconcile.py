@@ -1,5 +1,5 @@
 """Reconciling a duplicate after the fact: the mid-run address change and the renamed machine
-(the RECONCILE effect of the default rule table; docs/accuracy.md)."""
+(the RECONCILE effect of the default rule table; docs/how-it-decides.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Guarantees 1 to 5 of semantics.md, as properties over generated fleets and event streams.
+"""Guarantees 1 to 5 of the library (docs/how-it-decides.md), as properties over generated
+fleets and event streams.
 
 The streams come from the conformance kit (:func:`workermatch.testing.fleet_streams`): several
 machines, VPN address pools and mid-run IP changes, shared NAT addresses, sequential (batch)
@@ -8,9 +9,8 @@ assignment hints, at the real client's timing.  Each element carries its ground 
 
 Preconditions are stated exactly, as functions of the ground truth and the policy, and are
 *sufficient* for the guarantee under :data:`~workermatch.DEFAULT_POLICY`.  Where the guarantee
-as semantics.md words it is false for the default policy, the counterexample is a test marked
-``xfail(strict=True)`` at the end of this file (docs/conformance.md, "What the guarantees
-need").
+in its plain wording is false for the default policy, the counterexample is a test marked
+``xfail(strict=True)`` at the end of this file (docs/tuning.md, "Known limits").
 """
 
 from __future__ import annotations
@@ -538,7 +538,7 @@ def describe(steps: Sequence[Step]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Where semantics.md's wording of a guarantee is false for the default policy.  Each is the
+# Where the plain wording of a guarantee is false for the default policy.  Each is the
 # smallest stream found; each xfail is strict, so a policy or core change that makes it pass
 # fails here and the preconditions above can be relaxed.
 

@@ -24,7 +24,7 @@ EXPECTED = Path(__file__).resolve().parents[1] / "corpus_expected"
 TRACES = sorted(p.stem for p in CORPUS.glob("*.jsonl"))
 POLICY_NAMES = ("default", "note", "legacy")
 
-# Scenarios semantics.md calls solvable without guessing: the default policy must give one
+# Scenarios whose sessions can be told apart without guessing: the default policy must give one
 # worker per session, and never give one worker two sessions.
 SOLVABLE = (
     "note-three-workers",
