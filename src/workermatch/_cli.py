@@ -621,9 +621,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _simulation() -> Any:
-    """The simulator module (``workermatch simulate``), or ``None`` where it is absent."""
+    """The simulator (:mod:`workermatch.lab`, ``workermatch simulate``), or ``None`` where it is
+    absent."""
     try:
-        return importlib.import_module("workermatch.simulation")
+        return importlib.import_module("workermatch.lab")
     except ImportError:  # pragma: no cover - the simulator ships with the package
         return None
 
