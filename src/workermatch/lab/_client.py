@@ -121,6 +121,7 @@ def session_requests(
     hostname: str | None = None,
     renamed: tuple[int, str | None] | None = None,
     hints: bool = False,
+    heartbeats_until: int | None = None,
     finale_ms: int = FINALE_MS,
     ending: str | None = "finished",
     trailing_at: int | None = None,
@@ -132,7 +133,8 @@ def session_requests(
 
     * ``claim_at`` / ``claim_ip``: the claim (no hostname) of ``assignment``.
     * ``gui_at``: the GUI's two start-up heartbeats; then one every
-      :data:`HEARTBEAT_EVERY_MS` while before ``end_at``.
+      :data:`HEARTBEAT_EVERY_MS` while before ``heartbeats_until`` (default ``end_at``: the
+      real client's heartbeats run until the end).
     * ``updates``: the times of the sampled progress updates (``every`` makes them).
     * ``end_at``: ``ending`` (``"finished"`` or ``"fatal_error"``), after
       :data:`FINAL_UPDATES` 100 % updates that start ``finale_ms`` before it
@@ -154,7 +156,11 @@ def session_requests(
     timeline += [(t, EventKind.HEARTBEAT, None) for t in (gui_at, gui_at)]
     timeline += [
         (t, EventKind.HEARTBEAT, None)
-        for t in every(gui_at + HEARTBEAT_EVERY_MS, HEARTBEAT_EVERY_MS, end_at)
+        for t in every(
+            gui_at + HEARTBEAT_EVERY_MS,
+            HEARTBEAT_EVERY_MS,
+            end_at if heartbeats_until is None else heartbeats_until,
+        )
     ]
     timeline += [(t, EventKind.GUI_UPDATE, PROGRESS) for t in updates]
     if ending is not None:
