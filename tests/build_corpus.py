@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import workermatch as wm
-from workermatch import trace
+from workermatch import lab, trace
 
 CORPUS = Path(__file__).resolve().parent.parent / "src" / "workermatch" / "corpus"
 #: The expected outputs live with the tests; the traces ship with the package as examples.
@@ -33,9 +33,15 @@ POLICY_NAMES = ("default", "note", "legacy")
 T0 = datetime(2025, 11, 6, 10, 0, 0, tzinfo=timezone.utc)
 
 
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
 @dataclass
 class Session:
-    """One run of the client on one machine: claim, GUI, updates, heartbeats, finished."""
+    """One run of the client on one machine at chosen times (seconds from :data:`T0`): laid out
+    by the client model of :mod:`workermatch.lab`, with a progress update every
+    ``update_every`` seconds from ``update_offset`` after the GUI starts."""
 
     machine: str
     session: str
@@ -47,54 +53,27 @@ class Session:
     end_at: float
     hostname: str | None = None
     update_every: float = 5.0
-    heartbeat_every: float = 30.0
     flips: Sequence[tuple[float, str]] = ()
     """(time, address): the GUI's address from that time on (a VPN reconnecting)."""
     hints: bool = False
     """The client names its assignment on every request after the claim."""
     update_offset: float = 0.4
 
-    def ip_at(self, t: float) -> str:
-        ip = self.gui_ip
-        for when, new in self.flips:
-            if t >= when:
-                ip = new
-        return ip
-
-    def events(self) -> list[tuple[float, dict[str, object]]]:
-        truth = {"machine": self.machine, "session": self.session}
-        hint = {"assignment": self.assignment} if self.hints else {}
-        host = {"hostname": self.hostname} if self.hostname is not None else {}
-        out: list[tuple[float, dict[str, object]]] = [
-            (
-                self.claim_at,
-                {"kind": "claim", "ip": self.claim_ip, "assignment": self.assignment},
-            )
-        ]
-
-        def gui(t: float, kind: str, **extra: object) -> None:
-            line: dict[str, object] = {"kind": kind, "ip": self.ip_at(t)}
-            if kind == "heartbeat":
-                line.update(host)
-            line.update(hint)
-            line.update(extra)
-            out.append((t, line))
-
-        gui(self.gui_at, "heartbeat")
-        gui(self.gui_at, "heartbeat")
-        finale = self.end_at - 2.5
-        t = self.gui_at + self.update_offset
-        while t < finale:
-            gui(t, "gui_update", message="overall_progress")
-            t += self.update_every
-        t = self.gui_at + self.heartbeat_every
-        while t < self.end_at:
-            gui(t, "heartbeat")
-            t += self.heartbeat_every
-        for k in range(5):
-            gui(finale + 0.5 * k, "gui_update", message="overall_progress")
-        gui(self.end_at, "gui_update", message="finished")
-        return [(t, {**line, "truth": truth}) for t, line in out]
+    def requests(self) -> list[lab.Request]:
+        gui_at, end_at = _ms(self.gui_at), _ms(self.end_at)
+        return lab.session_requests(
+            assignment=self.assignment,
+            claim_at=_ms(self.claim_at),
+            claim_ip=self.claim_ip,
+            gui_at=gui_at,
+            end_at=end_at,
+            addresses=[(gui_at, self.gui_ip), *((_ms(t), ip) for t, ip in self.flips)],
+            updates=lab.every(
+                gui_at + _ms(self.update_offset), _ms(self.update_every), end_at - lab.FINALE_MS
+            ),
+            hostname=self.hostname,
+            hints=self.hints,
+        )
 
 
 @dataclass
@@ -105,15 +84,22 @@ class Scenario:
     sessions: list[Session] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        timed: list[tuple[float, int, dict[str, object]]] = []
+        timed: list[tuple[int, int, dict[str, object]]] = []
         for order, s in enumerate(self.sessions):
-            timed += [(t, order, line) for t, line in s.events()]
-        timed.sort(key=lambda item: (round(item[0], 3), item[1]))
-        out = []
-        for t, _, line in timed:
-            at = trace.format_time(T0 + timedelta(seconds=round(t, 3)))
-            out.append(trace.dump_json({"at": at, **line}))
-        return out
+            truth = {"machine": s.machine, "session": s.session}
+            for r in s.requests():
+                line = trace.line_to_dict(
+                    T0 + timedelta(milliseconds=r.at_ms),
+                    r.kind,
+                    r.ip,
+                    hostname=r.hostname,
+                    assignment=r.assignment,
+                    message=r.message,
+                    truth=truth,
+                )
+                timed.append((r.at_ms, order, line))
+        timed.sort(key=lambda item: (item[0], item[1]))
+        return [trace.dump_json(line) for _, _, line in timed]
 
 
 A = "157.193.240.188"  # the note's claim address

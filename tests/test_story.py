@@ -14,29 +14,30 @@ from itertools import groupby
 import pytest
 
 import workermatch as wm
+from workermatch import lab
 
 T0 = datetime(2025, 11, 6, 10, 0, 1, tzinfo=timezone.utc)
 CLAIM_IP = "157.193.240.188"
 GUI_IP = "157.193.240.190"
 HOST = "UG-GNS0S34"
+END_MS = 600_000
 
 
 def story(gui_start: float) -> list[tuple[float, wm.Event]]:
-    """Claim without hostname, two simultaneous heartbeats from another IP, updates, finished."""
-    events: list[tuple[float, wm.Event]] = [(0.0, wm.Event.claim(CLAIM_IP, "A1"))]
-    events += [(gui_start, wm.Event.heartbeat(GUI_IP, hostname=HOST))] * 2
-    t = gui_start + 0.4
-    while t < 600:
-        events.append((t, wm.Event.gui_update(GUI_IP, "overall_progress")))
-        t += 2.5
-    events += [
-        (gui_start + 30 * k, wm.Event.heartbeat(GUI_IP, hostname=HOST))
-        for k in range(1, int((600 - gui_start) // 30))
-    ]
-    events += [(597.5 + 0.5 * k, wm.Event.gui_update(GUI_IP, "overall_progress")) for k in range(5)]
-    events.append((600.0, wm.Event.gui_update(GUI_IP, "finished")))
-    events.sort(key=lambda pair: pair[0])
-    return events
+    """Claim without hostname, two simultaneous heartbeats from another IP, updates every 2.5 s,
+    finished at 600 s: the client model of :mod:`workermatch.lab` lays it out."""
+    gui_at = round(gui_start * 1000)
+    requests = lab.session_requests(
+        assignment="A1",
+        claim_at=0,
+        claim_ip=CLAIM_IP,
+        gui_at=gui_at,
+        end_at=END_MS,
+        addresses=[(gui_at, GUI_IP)],
+        updates=lab.every(gui_at + 400, 2_500, END_MS - lab.FINALE_MS),
+        hostname=HOST,
+    )
+    return [(r.at_ms / 1000, r.to_event()) for r in requests]
 
 
 def replay(

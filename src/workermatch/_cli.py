@@ -27,7 +27,7 @@ from . import __version__
 from ._engine import plan
 from ._errors import InvalidInput, StorageError, WorkermatchError
 from ._memory import InMemoryWorkerRepository, sequential_ids
-from ._model import AssignmentStatus, Event, EventKind, Identity
+from ._model import AssignmentStatus, EventKind
 from ._policy import POLICIES, Policy, get_policy
 from ._protocol import WorkerRepository
 from .trace import (
@@ -343,34 +343,27 @@ def demo_story(*, hint: bool = False) -> list[TraceRecord]:
     address (the VPN) with two simultaneous heartbeats that carry the hostname; then a progress
     update every 2 s and a heartbeat every 30 s; at the end five 100 % messages 0.5 s apart and
     ``finished``.  ``hint``: the client names its assignment on every request after the claim.
+    The client model of :mod:`workermatch.lab` lays it out.
     """
-    a1 = "A1" if hint else None
+    from .lab import every, session_requests
 
-    def ev(
-        kind: str, *, ip: str = GUI_IP, host: str | None = None, msg: str | None = None
-    ) -> Event:
-        if kind == "claim":
-            return Event.claim(ip, "A1")
-        return Event(
-            kind=kind, identity=Identity(ip=ip, hostname=host, assignment_id=a1), message=msg
-        )
-
-    timed: list[tuple[float, Event]] = [(0.0, ev("claim", ip=CLAIM_IP))]
-    timed += [(GUI_START, ev("heartbeat", host=HOSTNAME))] * 2
-    t = GUI_START + 0.4
-    while t < RUN_END - 3:
-        timed.append((t, ev("gui_update", msg="overall_progress")))
-        t += 2.0
-    t = GUI_START + 30
-    while t < RUN_END:
-        timed.append((t, ev("heartbeat", host=HOSTNAME)))
-        t += 30
-    timed += [(RUN_END - 2.6 + 0.5 * k, ev("gui_update", msg="overall_progress")) for k in range(5)]
-    timed.append((RUN_END, ev("gui_update", msg="finished")))
-    timed.sort(key=lambda pair: pair[0])
+    gui_at, end_at = round(GUI_START * 1000), round(RUN_END * 1000)
+    finale = 2_600  # the story's five 100 % messages start 2.6 s before finished
+    requests = session_requests(
+        assignment="A1",
+        claim_at=0,
+        claim_ip=CLAIM_IP,
+        gui_at=gui_at,
+        end_at=end_at,
+        addresses=[(gui_at, GUI_IP)],
+        updates=every(gui_at + 400, 2_000, end_at - finale),
+        hostname=HOSTNAME,
+        hints=hint,
+        finale_ms=finale,
+    )
     return [
-        TraceRecord(line=i, at=T0 + timedelta(seconds=off), event=e)
-        for i, (off, e) in enumerate(timed, start=1)
+        TraceRecord(line=i, at=T0 + timedelta(milliseconds=r.at_ms), event=r.to_event())
+        for i, r in enumerate(requests, start=1)
     ]
 
 
@@ -622,9 +615,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _simulation() -> Any:
-    """The simulator module (``workermatch simulate``), or ``None`` where it is absent."""
+    """The simulator (:mod:`workermatch.lab`, ``workermatch simulate``), or ``None`` where it is
+    absent."""
     try:
-        return importlib.import_module("workermatch.simulation")
+        return importlib.import_module("workermatch.lab")
     except ImportError:  # pragma: no cover - the simulator ships with the package
         return None
 

@@ -44,6 +44,7 @@ __all__ = [
     "dump_record",
     "final_state",
     "format_time",
+    "line_to_dict",
     "parse_time",
     "parse_trace",
     "record_to_dict",
@@ -293,29 +294,56 @@ def parse_trace(lines: Iterable[str]) -> Iterator[TraceRecord]:
         yield record
 
 
+def line_to_dict(
+    at: datetime,
+    kind: EventKind | str,
+    ip: str,
+    *,
+    hostname: str | None = None,
+    assignment: str | None = None,
+    worker_id: str | None = None,
+    message: str | None = None,
+    truth: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A trace line as a dict from its fields as given (not normalised), keys in
+    :data:`TRACE_KEYS` order, ``None`` values left out.  :func:`record_to_dict` and the fleet
+    simulator (:mod:`workermatch.lab`) both write their lines through it."""
+    out: dict[str, Any] = {
+        "at": format_time(at),
+        "kind": kind.value if isinstance(kind, EventKind) else kind,
+        "ip": ip,
+    }
+    for key, value in (
+        ("hostname", hostname),
+        ("assignment", assignment),
+        ("worker_id", worker_id),
+        ("message", message),
+    ):
+        if value is not None:
+            out[key] = value
+    if truth is not None:
+        out["truth"] = dict(truth)
+    return out
+
+
 def record_to_dict(record: TraceRecord) -> dict[str, Any]:
     """The trace line of ``record`` as a dict, keys in :data:`TRACE_KEYS` order, absent values
     left out (the inverse of :func:`parse_trace`, up to normalisation: addresses and hostnames
     come back in canonical form, times in UTC at millisecond resolution)."""
     event = record.event
     identity = event.identity
-    out: dict[str, Any] = {
-        "at": format_time(record.at),
-        "kind": event.kind.value,
-        "ip": identity.ip,
-    }
-    if identity.hostname is not None:
-        out["hostname"] = identity.hostname
-    assignment = event.assignment_id if event.kind is EventKind.CLAIM else identity.assignment_id
-    if assignment is not None:
-        out["assignment"] = assignment
-    if identity.worker_id is not None:
-        out["worker_id"] = identity.worker_id
-    if event.message is not None:
-        out["message"] = event.message
-    if record.truth is not None:
-        out["truth"] = dict(record.truth)
-    return out
+    return line_to_dict(
+        record.at,
+        event.kind,
+        identity.ip,
+        hostname=identity.hostname,
+        assignment=(
+            event.assignment_id if event.kind is EventKind.CLAIM else identity.assignment_id
+        ),
+        worker_id=identity.worker_id,
+        message=event.message,
+        truth=record.truth,
+    )
 
 
 def dump_json(obj: Mapping[str, Any]) -> str:

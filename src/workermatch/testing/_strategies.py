@@ -7,12 +7,13 @@ Ids and hostnames include *lookalikes*: texts that differ only in case, accents,
 normalisation (NFC or NFD) or width (fullwidth letters), which a store must keep apart exactly
 as Python's ``==`` does (a database collation that ignores case or accents does not).
 
-The fleet streams follow the real client's timing (``docs/conformance.md`` has the details):
-a claim without hostname from the command-line process, a GUI that starts seconds to minutes
-later and sends two heartbeats at once, then a heartbeat every 30 s with the hostname and
-progress updates without it (thinned: one every few seconds stands for the real client's many
-per second), five 100 % updates 0.5 s apart and ``finished`` at the end, and, in batch mode,
-the next claim from the same machine.  Every element carries its ground truth.
+The fleet streams follow the real client's timing, laid out by the one client model of
+:mod:`workermatch.lab` (``docs/conformance.md`` has the details): a claim without hostname
+from the command-line process, a GUI that starts seconds to minutes later and sends two
+heartbeats at once, then a heartbeat every 30 s with the hostname and progress updates without
+it (thinned: one every few seconds stands for the real client's many per second), five 100 %
+updates 0.5 s apart and ``finished`` at the end, and, in batch mode, the next claim from the
+same machine.  Every element carries its ground truth.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ from .._model import (
     Assignment,
     AssignmentStatus,
     Event,
+    EventKind,
     Identity,
     Worker,
     WorkerStatus,
 )
 from .._policy import DEFAULT_POLICY, LEGACY_POLICY, NOTE_POLICY, OnAmbiguous, Policy
+from ..lab._client import FINALE_MS, every, session_requests
 
 __all__ = [
     "EPOCH",
@@ -468,12 +471,14 @@ def _session(
     t: int,
     assignment: str,
 ) -> tuple[SessionTruth, list[tuple[int, Event]], int]:
-    """One session of ``machine`` starting at ``t`` (ms): its truth, events, and the next start."""
+    """One session of ``machine`` starting at ``t`` (ms): its truth, events, and the next start.
+
+    The times, addresses and silence are drawn; the client model of :mod:`workermatch.lab`
+    lays out the requests (:func:`~workermatch.lab.session_requests`)."""
     session = f"{machine.name}-s{number}"
-    hint = assignment if opts.hints and draw(st.booleans()) else None
+    hints = opts.hints and draw(st.booleans())
     hostname = machine.hostname
     pools = machine.pools
-    out: list[tuple[int, Event]] = []
     if machine.behind_nat:
         claim_ip = gui_ip = opts.nat_ip
     elif machine.on_vpn:
@@ -481,16 +486,15 @@ def _session(
         gui_ip = draw(st.sampled_from(pools.vpn))
     else:
         claim_ip = gui_ip = pools.home
-    out.append((t, Event.claim(spell_ip(claim_ip, rnd), assignment)))
     gui_start = t + draw(st.integers(2_000, 240_000))
-    end = gui_start + draw(st.integers(20_000, 300_000))
+    end = gui_start + draw(st.integers(20_000, 300_000))  # where the finale starts
     update_every = draw(st.integers(4_000, 30_000))
     flips: list[tuple[int, bool]] = []
     if machine.on_vpn:
         for _ in range(draw(st.integers(0, 2))):
             flips.append((draw(st.integers(gui_start + 1, end)), draw(st.booleans())))
         flips.sort()
-    silence: tuple[int, int] | None = None
+    silences: list[tuple[int, int]] = []
     if draw(st.booleans()):
         at = draw(st.integers(gui_start + 1, end))
         if opts.long_silences and draw(st.booleans()):
@@ -498,49 +502,53 @@ def _session(
         else:
             # Short enough that, with the requests around it, the gap stays within stale_after.
             length = draw(st.integers(31_000, opts.stale_ms - 61_000))
-        silence = (at, at + length)
+        silences.append((at, at + length))
         end += length
     endings: list[str | None] = (
         ["finished", "fatal_error", None] if opts.fatal_errors else ["finished"]
     )
     outcome = draw(st.sampled_from(endings))
 
-    def silent(at: int) -> bool:
-        return silence is not None and silence[0] <= at < silence[1]
-
-    def heartbeat(ip: str) -> Event:
-        return Event.heartbeat(
-            spell_ip(ip, rnd), hostname=spell_hostname(hostname, rnd), assignment_id=hint
-        )
-
-    def update(ip: str, message: str = "overall_progress") -> Event:
-        return Event.gui_update(spell_ip(ip, rnd), message, assignment_id=hint)
-
-    # The GUI's requests in time order: two heartbeats at start, then a heartbeat every 30 s and
-    # updates in between, from the current address.
-    times: list[tuple[int, str]] = [(gui_start, "hb"), (gui_start, "hb")]
-    k = gui_start + 30_000
-    while k < end:
-        times.append((k, "hb"))
-        k += 30_000
-    k = gui_start + 300 + rnd.randrange(update_every)
-    while k < end:
-        times.append((k, "up"))
-        k += update_every
-    times.sort()
+    # A VPN flip moves the GUI to another pool address; the first request from there is sent
+    # at once, a heartbeat (with hostname) or an update (without).
+    addresses = [(gui_start, gui_ip)]
+    extra: list[tuple[int, EventKind]] = []
     ip = gui_ip
-    for at, what in times:
-        while flips and flips[0][0] <= at:
-            flip_at, heartbeat_first = flips.pop(0)
-            ip = rnd.choice([a for a in pools.vpn if a != ip])
-            if not silent(flip_at):
-                out.append((flip_at, heartbeat(ip) if heartbeat_first else update(ip)))
-        if not silent(at):
-            out.append((at, heartbeat(ip) if what == "hb" else update(ip)))
+    for flip_at, heartbeat_first in flips:
+        ip = rnd.choice([a for a in pools.vpn if a != ip])
+        addresses.append((flip_at, ip))
+        extra.append((flip_at, EventKind.HEARTBEAT if heartbeat_first else EventKind.GUI_UPDATE))
+    # Without an outcome the client crashes where its finale would start.
+    end_at = end + FINALE_MS if outcome is not None else end
+    requests = session_requests(
+        assignment=assignment,
+        claim_at=t,
+        claim_ip=claim_ip,
+        gui_at=gui_start,
+        end_at=end_at,
+        addresses=addresses,
+        updates=every(gui_start + 300 + rnd.randrange(update_every), update_every, end),
+        hostname=hostname,
+        hints=hints,
+        heartbeats_until=end,  # the heartbeats stop where the finale starts
+        ending=outcome,
+        silences=silences,
+        extra=extra,
+    )
+    hint = assignment if hints else None
+    out: list[tuple[int, Event]] = []
+    for r in requests:
+        spelled = spell_ip(r.ip, rnd)
+        if r.kind is EventKind.CLAIM:
+            event = Event.claim(spelled, assignment)
+        elif r.kind is EventKind.HEARTBEAT:
+            name = spell_hostname(hostname, rnd)
+            event = Event.heartbeat(spelled, hostname=name, assignment_id=hint)
+        else:
+            event = Event.gui_update(spelled, r.message, assignment_id=hint)
+        out.append((r.at_ms, event))
     if outcome is not None:
-        out.extend((end + 500 * j, update(ip)) for j in range(5))
-        out.append((end + 2_500, update(ip, outcome)))
-        next_start = end + 2_500 + draw(st.integers(1_000, 400_000))
+        next_start = end_at + draw(st.integers(1_000, 400_000))
     else:
         next_start = end + opts.stale_ms + draw(st.integers(1_000, 200_000))
     truth = SessionTruth(
