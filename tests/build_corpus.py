@@ -371,7 +371,7 @@ def build() -> None:
     readme = [
         "# The workermatch corpus",
         "",
-        "Traces in the trace format (`docs/trace-format.md`), one per hard case of the",
+        "Traces in the trace format (`docs/cli-and-traces.md`), one per hard case of the",
         "specification and per scenario of the design note, with ground truth under `truth`.",
         "The project's tests hold the exact output of",
         "`workermatch replay NAME.jsonl --jsonl --policy POLICY`; every store prints the same.",

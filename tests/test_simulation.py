@@ -1,5 +1,5 @@
 """The fleet simulator: deterministic traces, consistent ground truth, honest scores, the
-``workermatch simulate`` command, and the acceptance claims of docs/accuracy.md on small fleets."""
+``workermatch simulate`` command, and the acceptance claims of docs/tuning.md on small fleets."""
 
 from __future__ import annotations
 
@@ -320,7 +320,7 @@ def test_progress_bar_goes_to_standard_error(capsys: pytest.CaptureFixture[str])
 
 
 # --------------------------------------------------------------------------------------------
-# The acceptance claims of docs/accuracy.md, on small fleets
+# The acceptance claims of docs/tuning.md, on small fleets
 
 
 FLEETS = 5
@@ -417,7 +417,7 @@ def test_every_wrong_guess_of_the_default_is_flagged_or_lands_on_a_contested_wor
 
 
 def full(name: str, *policies: wm.Policy) -> list[sim.Score]:
-    """The scores of the full-size fleet of scenario ``name``, seed 0 (docs/accuracy.md)."""
+    """The scores of the full-size fleet of scenario ``name``, seed 0 (docs/tuning.md)."""
     return [r.score for r in sim.simulate([sim.SCENARIOS[name]], list(policies), seed=0)]
 
 

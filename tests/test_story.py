@@ -3,7 +3,7 @@
 The machine claims A1 from one IP without a hostname; its GUI starts ``gui_start`` seconds later
 behind a VPN that gives it another IP, sends its two start-up heartbeats at the same moment
 (from two threads), a heartbeat every 30 s, a stream of progress updates, five 100 % updates
-0.5 s apart and ``finished`` at 600 s (``real-system.md``).
+0.5 s apart and ``finished`` at 600 s (the real client's timing, :mod:`workermatch.lab`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The trace format: reading, writing and replaying traces (docs/trace-format.md)."""
+"""The trace format: reading, writing and replaying traces (docs/cli-and-traces.md)."""
 
 from __future__ import annotations
 

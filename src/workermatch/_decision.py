@@ -1906,9 +1906,9 @@ def _renamed(
     A heartbeat with a new name from a running machine's address finds the machine's worker
     vetoed (another hostname) and makes a worker of its own.  When that worker claimed nothing,
     and, a heartbeat period later, exactly one live running worker at its address has another
-    hostname whose heartbeats stopped when the new name's began (its last one came no later
-    than the new worker, and less than a heartbeat period before), the new worker is the old
-    one renamed: it is merged into it, which takes the new name.
+    hostname whose heartbeats stopped when the new name's began (the new name's first came when
+    the old name's next was due, one heartbeat period after its last), the new worker is the
+    old one renamed: it is merged into it, which takes the new name.
     """
     policy, now = ctx.policy, ctx.now
     host = event.identity.hostname
@@ -1923,7 +1923,6 @@ def _renamed(
         or not policy.quiet_period <= now - before.created_at <= policy.stale_after
     ):
         return None
-    period = policy.quiet_period + _HEARTBEAT_SLACK
     found = [
         w
         for w in (yield from _by_ip(before.ip, ctx.live_since))
@@ -1934,7 +1933,8 @@ def _renamed(
         and w.status is WorkerStatus.RUNNING
         and w.created_at < before.created_at
         and w.hostname_seen is not None
-        and before.created_at - period <= w.hostname_seen <= before.created_at
+        # the new name's first heartbeat came when the old name's next one was due
+        and abs(before.created_at - w.hostname_seen - policy.quiet_period) <= _HEARTBEAT_SLACK
     ]
     if len(found) != 1:
         return None

@@ -1,9 +1,9 @@
 """The lab: a fleet simulator with ground truth; generate traces, replay them under policies,
 score them.
 
-The simulator is how the default policy was chosen (``docs/accuracy.md``).  It has four parts:
+The simulator is how the default policy was chosen (``docs/tuning.md``).  It has four parts:
 
-* ``_client``: the one model of the real client's timing (``shared/research/real-system.md``):
+* ``_client``: the one model of the real client's timing (``docs/tuning.md``):
   a claim without hostname; at GUI start two heartbeats at the same instant; a heartbeat every
   30 s, the only request with a hostname; progress updates without hostname; five 100 %
   updates 0.5 s apart, then ``finished``.  The real client sends many updates a second; the

@@ -5,7 +5,7 @@ strategy, ``workermatch demo``, the story test and the corpus builder all lay ou
 requests with :func:`session_requests`; they differ only in how they choose its times and
 addresses (drawn at random, drawn by Hypothesis, or written by hand).
 
-What one session of the real client sends (``shared/research/real-system.md``):
+What one session of the real client sends (as read from the client's source and traffic):
 
 * a claim of its assignment from the command-line process, without hostname;
 * the GUI starts after a delay, with two heartbeats at the same instant (two threads), from

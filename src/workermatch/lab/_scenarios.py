@@ -27,13 +27,13 @@ __all__ = ["CANDIDATE_POLICIES", "SCENARIOS", "SHIPPED", "Scenario", "resolve_po
 
 @attrs.frozen(kw_only=True)
 class Scenario:
-    """A named fleet: one hard case of ``semantics.md``, or a realistic mix."""
+    """A named fleet: one hard case (``docs/how-it-decides.md``), or a realistic mix."""
 
     name: str
     summary: str
     params: FleetParams
     solvable: bool
-    """Whether semantics.md promises one worker per session here (guarantee 1's precondition
+    """Whether the library promises one worker per session here (guarantee 1's precondition
     holds for every session, and no two sessions compete for a request)."""
 
 
@@ -336,7 +336,7 @@ def _candidates() -> dict[str, Policy]:
 
 CANDIDATE_POLICIES: Mapping[str, Policy] = MappingProxyType(_candidates())
 """Variants of the default policy, each changing one choice, that ``--candidates`` adds to the
-comparison (the measurements in ``docs/accuracy.md``)."""
+comparison (the measurements in ``docs/tuning.md``)."""
 
 SHIPPED = {"default": DEFAULT_POLICY, "note": NOTE_POLICY, "legacy": LEGACY_POLICY}
 

@@ -8,7 +8,7 @@ normalisation (NFC or NFD) or width (fullwidth letters), which a store must keep
 as Python's ``==`` does (a database collation that ignores case or accents does not).
 
 The fleet streams follow the real client's timing, laid out by the one client model of
-:mod:`workermatch.lab` (``docs/conformance.md`` has the details): a claim without hostname
+:mod:`workermatch.lab` (``docs/stores.md`` has the details): a claim without hostname
 from the command-line process, a GUI that starts seconds to minutes later and sends two
 heartbeats at once, then a heartbeat every 30 s with the hostname and progress updates without
 it (thinned: one every few seconds stands for the real client's many per second), five 100 %
@@ -530,7 +530,6 @@ def _session(
         updates=every(gui_start + 300 + rnd.randrange(update_every), update_every, end),
         hostname=hostname,
         hints=hints,
-        heartbeats_until=end,  # the heartbeats stop where the finale starts
         ending=outcome,
         silences=silences,
         extra=extra,
