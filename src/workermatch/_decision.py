@@ -56,7 +56,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RULES",
     "LEGACY_RULES",
+    "NEW_WORKER",
     "NOTE_RULES",
+    "Alert",
     "Candidate",
     "Criterion",
     "Decision",

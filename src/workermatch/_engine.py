@@ -70,8 +70,11 @@ def _check_now(now: object, repo: object) -> datetime | None:
     return normalize_time(now)
 
 
-def _clock(repo: WorkerRepository) -> datetime:
-    """The store's clock (``repo.clock()``), normalised like any ``now``."""
+def _at(now: datetime | None, repo: WorkerRepository) -> datetime:
+    """``now``, or when it is ``None`` the store's clock (``repo.clock()``) normalised like any
+    ``now``."""
+    if now is not None:
+        return now
     return normalize_time(repo.clock(), field="clock")  # type: ignore[attr-defined]
 
 
@@ -104,7 +107,7 @@ def match_worker(
         event_kind = EventKind.REGISTER if kind is None else EventKind(kind)
     except ValueError:
         raise InvalidInput(f"unknown event kind {kind!r}", field="kind", value=kind) from None
-    return run(choose(identity, _clock(repo) if at is None else at, policy, event_kind), repo)
+    return run(choose(identity, _at(at, repo), policy, event_kind), repo)
 
 
 def plan(
@@ -128,7 +131,7 @@ def plan(
     at = _check_args(event, now, policy, repo)
     computation = decide(
         event,
-        _clock(repo) if at is None else at,
+        _at(at, repo),
         policy,
         create_assignments=create_assignments,
         new_worker_id=new_worker_id,
@@ -161,7 +164,7 @@ def apply_event(
         outcome = run(
             decide(
                 event,
-                _clock(repo) if at is None else at,
+                _at(at, repo),
                 policy,
                 create_assignments=create_assignments,
                 new_worker_id=repo.new_worker_id,
@@ -197,7 +200,7 @@ def sweep(
     _check_policy(policy)
 
     def unit() -> tuple[str, ...]:
-        when = _clock(repo) if at is None else at
+        when = _at(at, repo)
         found = sorted(
             repo.unflagged_workers_seen_before(when - policy.stale_after), key=lambda w: w.id
         )
