@@ -1107,9 +1107,9 @@ class Alert(str, enum.Enum):
     """A hint named a worker that the request's other evidence contradicts (another hostname):
     the request was not placed on it."""
     HINT_ELSEWHERE = "hint_elsewhere"
-    """An assignment hint (ids of assignments can be guessed) placed the request on a worker
-    whose machine was heard from another address within the quiet period: a client that
-    moved, or one that names another machine's work."""
+    """An assignment hint (ids of assignments can be guessed) placed a request that comes from
+    another machine's address (a live worker runs there) on a worker whose machine was heard
+    from its own address within the quiet period: another machine may name its work."""
 
     def __repr__(self) -> str:
         return f"Alert.{self.name}"
@@ -1420,11 +1420,20 @@ def _request(
         and placed.ip != event.identity.ip
         and now - placed.last_seen <= policy.quiet_period
     ):
-        alerts.append(Alert.HINT_ELSEWHERE)
-        notes.append(
-            f"the assignment hint names {placed.id}, whose machine was heard from {placed.ip} "
-            f"{_age(now, placed.last_seen)} ago: a client that moved, or another machine's work"
-        )
+        # The request comes from another machine's address (a live worker runs there), while
+        # the hinted worker's machine was heard from its own a moment ago.
+        here = [
+            w.id
+            for w in (yield from _by_ip(event.identity.ip, ctx.live_since))
+            if w.id != placed.id
+        ]
+        if here:
+            alerts.append(Alert.HINT_ELSEWHERE)
+            notes.append(
+                f"the assignment hint names {placed.id}, whose machine was heard from "
+                f"{placed.ip} {_age(now, placed.last_seen)} ago, from the address of "
+                f"{', '.join(sorted(here)[:3])}: another machine may name its work"
+            )
     transferred: list[str] = []
     merged: tuple[str, ...] = ()
     kept: list[str] = []
