@@ -284,11 +284,10 @@ def scenarios() -> list[Scenario]:
             "midrun-flip-fresh-claim",
             "Mid-run IP change first seen on a heartbeat, with another machine's fresh claim",
             "m1's VPN flips just before a heartbeat, 10 s after m2 claimed A2 from another "
-            "address. Rule 3 runs before rule 4, and m2's claim worker has no hostname yet: the "
-            "heartbeat takes it, a known limit of every shipped policy (a hostname does not "
-            "prove a machine: weighing m1's own stream against the claim cost more with clones "
-            "than it saved here). The ends are not guessed: the default holds the ends it "
-            "cannot attribute.",
+            "address. Rule 3 runs before rule 4, and m2's claim worker has no hostname yet: "
+            "without the own-stream rule the heartbeat takes it (a hijack that strands both "
+            "runs). The default weighs m1's own fed worker in rule 3, where its hostname "
+            "outranks the claim, and flags the guess.",
             [
                 flip_before_heartbeat(),
                 Session(

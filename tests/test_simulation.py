@@ -381,18 +381,17 @@ UNFLAGGED = {
     "GUI starts on an address of its own just as the other clone's stream pauses, "
     "reconciliation merges the new worker into the other clone's, and nothing in the requests "
     "says it was a guess (docs/tuning.md, known limits)",
-    "simultaneous-vpn": "a heartbeat from a new address takes another machine's fresh claim, "
-    "which has no hostname yet, unflagged: rule 3 runs before rule 4 (docs/tuning.md, known "
-    "limits)",
+    "simultaneous-vpn": "a request placed by evidence that later proves wrong (a heartbeat's "
+    "own stream outranking a claim that was in fact its own) is neither ambiguous nor on a "
+    "contested worker (docs/tuning.md, known limits)",
     "two-runs": "two runs on one machine: a hostname agrees with both runs' workers, and the "
     "one the heartbeats reached first wins them by hostname agreement, unflagged "
     "(docs/tuning.md, known limits)",
     "dhcp-reuse": "a newcomer's first update at a crashed machine's address, before the dead "
     "machine's heartbeats count as stopped, lands on the dead machine's worker by its running "
     "work, unflagged (docs/tuning.md, known limits)",
-    "midrun-flip": "a heartbeat from a new address takes another machine's fresh claim, "
-    "which has no hostname yet: rule 3 runs before rule 4 and nothing weighs against the claim "
-    "(docs/tuning.md, known limits)",
+    "clones-running": "clones share a hostname: hostname agreement cannot tell them apart, yet "
+    "ranks as evidence (docs/tuning.md, known limits)",
     "rename": "a renamed machine's first heartbeat may adopt another machine's fresh claim "
     "before reconciliation can see the rename (docs/tuning.md, known limits)",
     "mixed": "the realistic mix holds all of the above (docs/tuning.md, known limits)",
@@ -463,6 +462,8 @@ ITEM_8 = [
     "rename",
 ]
 MISENDED = {
+    "clones-running": "clones share a hostname: a clone's heartbeat can adopt its twin's claim "
+    "(docs/tuning.md, known limits)",
     "rename": "a renamed machine's first heartbeat may adopt another machine's fresh claim "
     "(docs/tuning.md, known limits)",
 }

@@ -404,18 +404,33 @@ def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
                 )
             )
     detail = f"workers with a RUNNING assignment created within {_span(policy.orphan_window)}"
-    if (
-        not found
-        or ctx.claiming is not None
-        or ctx.identity.hostname is not None
-        or not row.weighs_streams
-    ):
+    if not found or ctx.claiming is not None or not row.weighs_streams:
         return _Found(workers=found, rejected=rejected, detail=detail)
-    # The live running streams weigh against an orphan for a request without hostname: while
-    # another machine's stream (a worker with a hostname and a RUNNING assignment) was fed within
-    # the quiet period, the request may be that machine's first one from a new address.  A
-    # duplicate can be reconciled later; a hijack cannot.  (A request with a hostname needs no
-    # such care: the veto and hostname agreement speak for it.)
+    # The live running streams weigh against an orphan: after an address change, the request may
+    # come from one of those machines rather than from the orphan's.
+    host = ctx.identity.hostname
+    if host is not None:
+        # A heartbeat from a new address: its own machine's live stream, when exactly one live
+        # running worker of an unended session has its hostname and was fed lately, competes
+        # with the orphans (and its hostname agrees).  Two such workers (clones) prove nothing.
+        fed_since = max(ctx.live_since, now - policy.quiet_period)
+        own = [
+            w
+            for w in (yield from _by_hostname(host, fed_since))
+            if w.ended_at is None and w.status is WorkerStatus.RUNNING
+        ]
+        eligible = [w for w in found if _ineligible(w, ctx) is None]
+        if len(own) == 1 and eligible and all(w.id != own[0].id for w in found):
+            found.append(own[0])
+            rejected = [c for c in rejected if c.worker_id != own[0].id]
+            detail += (
+                f", and {own[0].id}, the one live worker of hostname {host}, fed within "
+                f"{_span(policy.quiet_period)}: its machine may have changed address"
+            )
+        return _Found(workers=found, rejected=rejected, detail=detail)
+    # A request without hostname: while another machine's stream (a worker with a hostname and
+    # a RUNNING assignment) was fed within the quiet period, the request may be that machine's
+    # first one from a new address.  A duplicate can be reconciled later; a hijack cannot.
     rivals = yield from _fed_streams(ctx, {w.id for w in found})
     if not rivals:
         return _Found(workers=found, rejected=rejected, detail=detail)
@@ -560,8 +575,8 @@ class Row:
     )
     """Rule 3 only: which recent workers with a RUNNING assignment count as orphans."""
     weighs_streams: bool = attrs.field(default=False, validator=_check_flag)
-    """Rule 3 only: weigh the live running streams against the orphans for a request without
-    hostname (it may come from one of those machines after an address change)."""
+    """Rule 3 only: weigh the live running streams against the orphans (a heartbeat's own
+    machine may have moved; a request without hostname may come from a machine that moved)."""
 
     @property
     def asks(self) -> str:
@@ -1681,9 +1696,6 @@ def _settle(
         return []
     done: list[tuple[str, HeldEnd]] = []
     for w in others:
-        w = out.latest(w)
-        if w.ended_at is not None:
-            continue  # ended already, by the held end of a contest settled just above
         out.worker(attrs.evolve(w, held_end=None))
         if len(w.contested) > 1:
             _, more = yield from _hold(

@@ -462,11 +462,10 @@ class TestRecentOrphan:
         assert (w.ip, w.hostname, w.last_seen) == ("10.0.0.2", "box", NOW)
 
 
-class TestHeartbeatFromANewAddress:
-    """Rule 3 runs before rule 4: a heartbeat from a new address takes a fresh claim waiting for
-    its GUI (whose hostname is still unknown), even while a live stream of the heartbeat's
-    hostname runs elsewhere.  A hostname does not prove a machine (clones share one), so the
-    stream is no evidence against the claim; a known limit (docs/tuning.md)."""
+class TestOwnStream:
+    """Rule 3 weighs the streams (the RECENT_ORPHAN row's ``weighs_streams``): a heartbeat from a
+    new address, whose hostname names the one live stream of that hostname, does not quietly
+    take another machine's fresh claim."""
 
     def setup_repo(self) -> wm.InMemoryWorkerRepository:
         repo = new_repo()
@@ -475,22 +474,61 @@ class TestHeartbeatFromANewAddress:
         seed(repo, "theirs", "10.0.0.7", created=-10, seen=-10, running="A2")
         return repo
 
-    def test_the_fresh_claim_is_taken_as_rule_3_says(self) -> None:
+    def test_the_machines_own_stream_outranks_another_machines_fresh_claim_by_evidence(
+        self,
+    ) -> None:
+        # The hostname agrees with the stream's and is unknown on the fresh claim: evidence, so
+        # the decision is not in doubt.
         d = decide(self.setup_repo(), "10.0.0.9", hostname="pc-1")
-        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "theirs", False)
-        assert "mine" not in verdicts(d, wm.Rule.RECENT_ORPHAN)
+        assert (d.rule, d.worker_id, d.ambiguous, d.doubt) == (
+            wm.Rule.RECENT_ORPHAN,
+            "mine",
+            False,
+            (),
+        )
+        assert verdicts(d, wm.Rule.RECENT_ORPHAN)["theirs"] == (
+            wm.Verdict.OUTRANKED,
+            "ranked below mine on hostname_agrees",
+        )
+        assert "its machine may have changed address" in report(d, wm.Rule.RECENT_ORPHAN).detail
 
-    def test_with_no_orphan_in_sight_rule_4_finds_the_stream(self) -> None:
+    def test_a_row_that_weighs_no_streams_gives_the_machine_the_fresh_claim(self) -> None:
+        policy = with_orphan_row("unweighed", weighs_streams=False)
+        d = decide(self.setup_repo(), "10.0.0.9", hostname="pc-1", policy=policy)
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "theirs", False)
+
+    @pytest.mark.parametrize(
+        "mine",
+        [
+            {"seen": -31, "running": "A1"},  # quiet: rule 3 already weighs it as an orphan
+            {"seen": -2},  # runs nothing
+            {"seen": -2, "session": "A1", "ended": -3},  # its session ended
+        ],
+        ids=["quiet", "idle", "ended"],
+    )
+    def test_only_a_fed_running_unended_stream_joins(self, mine: dict[str, Any]) -> None:
+        repo = new_repo()
+        seed(repo, "mine", "10.0.0.1", hostname="pc-1", created=-3600, **mine)
+        seed(repo, "theirs", "10.0.0.7", created=-10, seen=-10, running="A2")
+        d = decide(repo, "10.0.0.9", hostname="pc-1")
+        assert "its machine may have changed address" not in report(d, wm.Rule.RECENT_ORPHAN).detail
+
+    def test_two_fed_streams_of_one_hostname_prove_nothing(self) -> None:
+        # Cloned machines: two live workers of hostname pc-1 are fed; neither joins.
+        repo = self.setup_repo()
+        seed(repo, "clone", "10.0.0.3", hostname="pc-1", created=-3600, seen=-1, running="A3")
+        d = decide(repo, "10.0.0.9", hostname="pc-1")
+        assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.RECENT_ORPHAN, "theirs", False)
+
+    def test_with_no_orphan_in_sight_rule_4_finds_the_stream_as_before(self) -> None:
         repo = new_repo()
         seed(repo, "mine", "10.0.0.1", hostname="pc-1", created=-3600, seen=-2, running="A1")
         d = decide(repo, "10.0.0.9", hostname="pc-1")
         assert (d.rule, d.worker_id, d.ambiguous) == (wm.Rule.HOSTNAME, "mine", False)
 
-    def test_a_request_without_hostname_is_kept_from_the_claim_while_a_stream_is_fed(
-        self,
-    ) -> None:
+    def test_requests_without_hostname_and_claims_are_unaffected(self) -> None:
         repo = self.setup_repo()
-        # The orphan guard: mine is fed, and the request may be its machine's after a move.
+        # Without hostname the orphan guard applies (mine is fed): a new worker.
         assert decide(repo, "10.0.0.9").rule is wm.Rule.CREATED
         out = wm.apply_event(wm.Event.claim("10.0.0.9", "A9"), NOW, repo, create_assignments=True)
         assert out.created

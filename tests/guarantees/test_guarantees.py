@@ -575,15 +575,11 @@ def test_counterexample_one_session_one_worker_vpn_flip_within_orphan_window() -
     assert len(workers_of(steps, "m1-s1")) == 1, describe(steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rule 3 runs before rule 4: a heartbeat from a new address takes another machine's "
-    "fresh claim worker, which has no hostname yet, although the heartbeat's own machine was fed "
-    "a moment ago.  Weighing the machine's own stream against the claim fixed this and cost more "
-    "than it saved: cloned machines share a hostname, so the twin's stream outranked a clone's "
-    "own claim (docs/tuning.md, known limits)",
-)
-def test_counterexample_one_session_one_worker_heartbeat_flip_next_to_a_fresh_claim() -> None:
+def test_a_heartbeat_from_a_new_ip_keeps_its_worker_despite_a_fresh_claim() -> None:
+    """Once a strict expected failure (rule 3 runs before rule 4, so the heartbeat took the
+    other machine's fresh claim worker, which has no hostname yet).  The default table's rule 3
+    weighs the machine's own fed stream as a candidate, and its hostname agreement is evidence
+    that separates it from the other machine's claim: no guess, no doubt."""
     steps = run_script(
         [
             (0.0, "m1-s1", wm.Event.claim("172.16.1.10", "A1")),
@@ -594,9 +590,19 @@ def test_counterexample_one_session_one_worker_heartbeat_flip_next_to_a_fresh_cl
         ]
     )
     assert len(workers_of(steps, "m1-s1")) == 1, describe(steps)
+    last = steps[-1].outcome
+    assert last is not None
+    assert not last.ambiguous, describe(steps)
+    assert last.alert is None, describe(steps)
     assert len(workers_of(steps, "m2-s1")) == 1, describe(steps)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="own_stream: a client killed mid-run and restarted at once (a new claim from another "
+    "VPN address) sends its first heartbeat within quiet_period of the dead run's last update: "
+    "the dead run's worker is the one fed stream of that hostname, and outranks the new claim",
+)
 def test_counterexample_sessions_stay_apart_after_a_crash_and_fast_restart() -> None:
     steps = run_script(
         [

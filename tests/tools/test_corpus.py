@@ -34,6 +34,7 @@ SOLVABLE = (
     "midrun-flip-heartbeat-first",
     "two-runs-one-machine-hints",
     "nat-two-machines-hints",
+    "midrun-flip-fresh-claim",
 )
 # Scenarios that cannot be told apart without hints: the default policy must say so.
 AMBIGUOUS = (
@@ -45,9 +46,6 @@ AMBIGUOUS = (
     "shared-vpn-first-heartbeat",
     "nat-long-runs-no-hostnames",
 )
-# A known limit (docs/tuning.md): a heartbeat from a new address takes another machine's fresh
-# claim, unflagged.
-LIMITS = ("midrun-flip-fresh-claim",)
 
 
 def trace_lines(name: str) -> list[str]:
@@ -69,7 +67,7 @@ def replay_text(repo: wm.WorkerRepository, name: str, policy: wm.Policy) -> str:
 
 def test_the_corpus_has_a_trace_per_hard_case_and_note_scenario() -> None:
     assert set(TRACES) == {sc.name for sc in scenarios()}
-    assert set(SOLVABLE) | set(AMBIGUOUS) | set(LIMITS) <= set(TRACES)
+    assert set(SOLVABLE) | set(AMBIGUOUS) <= set(TRACES)
     assert sorted(p.name for p in EXPECTED.iterdir()) == sorted(
         f"{name}.{policy}.jsonl" for name in TRACES for policy in POLICY_NAMES
     )
@@ -118,7 +116,7 @@ def test_default_flags_the_cases_it_cannot_tell_apart(name: str) -> None:
     assert any(r["ambiguous"] for r in results)
 
 
-@pytest.mark.parametrize("name", [n for n in TRACES if n not in LIMITS])
+@pytest.mark.parametrize("name", TRACES)
 def test_default_never_merges_sessions_in_a_trace_without_flagging_a_decision(name: str) -> None:
     # A trace in which one worker received events of two sessions shows at least one ambiguous
     # decision: no silent merge.  (The merging decision itself may have had one candidate left:
