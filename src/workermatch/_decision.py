@@ -1696,6 +1696,9 @@ def _settle(
         return []
     done: list[tuple[str, HeldEnd]] = []
     for w in others:
+        w = out.latest(w)
+        if w.ended_at is not None:
+            continue  # ended already, by the held end of a contest settled just above
         out.worker(attrs.evolve(w, held_end=None))
         if len(w.contested) > 1:
             _, more = yield from _hold(
