@@ -184,7 +184,7 @@ def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], o
     guarded_identity = wm.Identity(ip="192.0.2.2")
     decision = wm.match_worker(guarded_identity, NOW, repo)
     assert decision.rule is wm.Rule.CREATED, decision.explain()
-    assert "orphan guard" in decision.explain(), decision.explain()
+    assert "a hijack is not" in decision.explain(), decision.explain()
 
     nat = wm.Event.gui_update(NAT_IP, "overall_progress")
     outcome = wm.plan(nat, NOW, repo)

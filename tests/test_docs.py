@@ -124,7 +124,12 @@ def test_tuning_lists_every_strict_expected_failure_of_the_guarantees() -> None:
     page = (DOCS / "tuning.md").read_text(encoding="utf-8")
     limits = page.split("## Known limits", 1)[1]
     assert sorted(name for name in xfails if name not in limits) == []
-    assert "<!-- figures: workermatch simulate --fleets 10 --markdown -->" in page
+    figures = page.split("## Accuracy figures", 1)[1].split("\n## ", 1)[0]
+    assert "workermatch simulate --seed 0 --fleets 10 --markdown" in figures
+    scenarios = {row.split("|")[1].strip() for row in figures.splitlines() if row.startswith("| ")}
+    from workermatch.simulation import SCENARIOS
+
+    assert set(SCENARIOS) <= scenarios
 
 
 # ---------------------------------------------------------------------------------------------
