@@ -1627,6 +1627,8 @@ def _hold(
                 w = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
                 if w is not None and w.held_end == earlier:
                     members[wid] = out.latest(w)
+    if not members:
+        return (), []  # every candidate's session ended meanwhile: nothing left to end
     names = ", ".join(sorted(members))
     end = HeldEnd(status=status, asked=asked, candidates=tuple(members), count=count, doubt=doubt)
     if end.count < len(members):

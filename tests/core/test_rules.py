@@ -1328,6 +1328,16 @@ class TestSessionEnd:
             assert w.held_end is not None
             assert w.held_end.candidates == ("a", "b")
 
+    def test_an_end_among_sessions_that_all_ended_already_ends_nothing(self) -> None:
+        """A second ``finished`` within the grace, when every candidate's session has ended:
+        nothing is left to end, and nothing is held (a conformance-kit counterexample)."""
+        repo = new_repo()
+        seed(repo, "a", "192.0.2.1", created=-900, seen=-2, session="A1", ended=-3)
+        seed(repo, "b", "192.0.2.1", created=-600, seen=-3, session="A2", ended=-4)
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
+        assert (out.ambiguous, out.held, out.ended, out.alert) == (True, (), (), None)
+        assert [w.held_end for w in repo.all_workers()] == [None, None]
+
     def test_a_held_end_goes_to_the_other_machine_once_one_is_heard_from(self) -> None:
         repo = self.nat()
         wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
