@@ -95,6 +95,15 @@ def match_worker(
     Raises :class:`~workermatch.InvalidInput` for a bad argument (before reading anything) and
     :class:`~workermatch.AmbiguousMatch` when the policy refuses an ambiguous match.
     """
+    at, event_kind = _check_match_args(identity, now, repo, policy, kind)
+    return run(choose(identity, _at(at, repo), policy, event_kind), repo)
+
+
+def _check_match_args(
+    identity: object, now: object, repo: object, policy: object, kind: object
+) -> tuple[datetime | None, EventKind]:
+    """``match_worker``'s arguments checked: ``now`` (``None`` for the store's clock) and the
+    event kind whose rows decide (a plain ``register``'s by default)."""
     if not isinstance(identity, Identity):
         raise InvalidInput(
             f"identity must be an Identity, not {type(identity).__name__}",
@@ -104,10 +113,9 @@ def match_worker(
     at = _check_now(now, repo)
     _check_policy(policy)
     try:
-        event_kind = EventKind.REGISTER if kind is None else EventKind(kind)
+        return at, EventKind.REGISTER if kind is None else EventKind(kind)
     except ValueError:
         raise InvalidInput(f"unknown event kind {kind!r}", field="kind", value=kind) from None
-    return run(choose(identity, _at(at, repo), policy, event_kind), repo)
 
 
 def plan(

@@ -25,10 +25,10 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import attrs
 
 from ._decision import Ask, Decision, Outcome, choose, decide
-from ._engine import _check_args, _check_now, _check_policy
-from ._errors import InvalidInput, StorageError, WorkermatchError
+from ._engine import _check_args, _check_match_args, _check_now, _check_policy
+from ._errors import StorageError, WorkermatchError
 from ._memory import InMemoryWorkerRepository
-from ._model import Assignment, EventKind, Identity, Worker, normalize_time
+from ._model import Assignment, Identity, Worker, normalize_time
 from ._observe import report
 from ._policy import DEFAULT_POLICY, Policy
 from ._protocol import UpdateWorker, Write
@@ -113,18 +113,7 @@ async def match_worker(
     kind: Any = None,
 ) -> Decision:
     """:func:`workermatch.match_worker`, awaited."""
-    if not isinstance(identity, Identity):
-        raise InvalidInput(
-            f"identity must be an Identity, not {type(identity).__name__}",
-            field="identity",
-            value=identity,
-        )
-    at = _check_now(now, repo)
-    _check_policy(policy)
-    try:
-        event_kind = EventKind.REGISTER if kind is None else EventKind(kind)
-    except ValueError:
-        raise InvalidInput(f"unknown event kind {kind!r}", field="kind", value=kind) from None
+    at, event_kind = _check_match_args(identity, now, repo, policy, kind)
     return await run(choose(identity, await _at(at, repo), policy, event_kind), repo)
 
 

@@ -38,6 +38,14 @@ class Scenario:
 
 
 _VPN = FleetParams(machines=1, vpn_share=1.0, vpn_pool=64, flip_rate=1.0)
+# Laptops that sleep about 2 h mid-run; the hinted scenario is the same fleet with hints.
+_LONG_SLEEP = _VPN.evolve(
+    machines=4,
+    start_spread_min=10.0,
+    session_s=(10800.0, 14400.0),
+    outages_per_hour=0.4,
+    outage_s=(6600.0, 7800.0),
+)
 _TWO_RUNS = FleetParams(machines=4, concurrent_share=1.0, start_spread_min=30.0)
 # A realistic fleet; the mixed-hints scenario is the same fleet with every client sending hints.
 _MIXED = FleetParams(
@@ -204,28 +212,14 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
             Scenario(
                 name="long-sleep",
                 summary="laptops on the VPN sleep about 2 h mid-run and wake on a new address",
-                params=_VPN.evolve(
-                    machines=4,
-                    start_spread_min=10.0,
-                    session_s=(10800.0, 14400.0),
-                    outages_per_hour=0.4,
-                    outage_s=(6600.0, 7800.0),
-                ),
+                params=_LONG_SLEEP,
                 solvable=False,
             ),
             Scenario(
                 name="long-sleep-hints",
                 summary="as long-sleep, with clients that send a hint (worker id or "
                 "assignment) with every request",
-                params=_VPN.evolve(
-                    machines=4,
-                    start_spread_min=10.0,
-                    session_s=(10800.0, 14400.0),
-                    outages_per_hour=0.4,
-                    outage_s=(6600.0, 7800.0),
-                    hint_share=1.0,
-                    hint_kind="mixed",
-                ),
+                params=_LONG_SLEEP.evolve(hint_share=1.0, hint_kind="mixed"),
                 solvable=True,
             ),
             Scenario(
