@@ -24,6 +24,7 @@ from typing import IO, Any, NoReturn, TextIO
 import attrs
 
 from . import __version__
+from ._decision import _span
 from ._engine import plan
 from ._errors import InvalidInput, StorageError, WorkermatchError
 from ._memory import InMemoryWorkerRepository, sequential_ids
@@ -633,11 +634,6 @@ def _cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
     grace = "forever" if policy.ended_grace is None else _span(policy.ended_grace)
     out.write(f"\nWindows: {windows}, `ended_grace` {grace}.\n")
     return 0
-
-
-def _span(delta: Any) -> str:
-    seconds = int(delta.total_seconds())
-    return f"{seconds // 60} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds} s"
 
 
 def _cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
