@@ -1818,7 +1818,33 @@ def _transfer(
             f"moved RUNNING {', '.join(a.id for a in moved)} from stale "
             f"{', '.join(sorted(w.id for w in stale))} onto {worker.id}"
         )
+        for w in sorted(stale, key=lambda w: w.id):
+            yield from _inherit_contest(w, worker, out)
     return [a.id for a in moved]
+
+
+def _inherit_contest(source: Worker, heir: Worker, out: _Writes) -> Ask[None]:
+    """Work that moves off a contested worker (a transfer or a merge) carries the doubt with
+    it: ``heir`` takes ``source``'s place in its contest, in its own record and in those of the
+    workers contested with it, so that an end on ``heir`` is held as it would have been on
+    ``source``."""
+    source = out.latest(source)
+    if len(source.contested) < 2 or source.id == heir.id:
+        return
+    doubt = tuple(
+        sorted(
+            {heir.id if wid == source.id else wid for wid in source.contested}
+            | set(out.latest(heir).contested)
+        )
+    )
+    for wid in (source.id, *doubt):
+        w = out.workers.get(wid) or (yield from _get_worker(wid))
+        if w is None:
+            continue
+        w = out.latest(w)
+        contested = () if wid == source.id else doubt
+        if w.contested != contested:
+            out.worker(attrs.evolve(w, contested=contested))
 
 
 def _reconcile(
@@ -1908,6 +1934,7 @@ def _reconcile(
     out.worker(attrs.evolve(duplicate, status=WorkerStatus.IDLE, merged_into=older.id))
     for a in moved:
         out.assignment(attrs.evolve(a, worker_id=older.id))
+    yield from _inherit_contest(duplicate, survivor, out)
     notes.append(
         f"merged duplicate {before.id} into {older.id} (same hostname, lifetimes do not overlap)"
     )
@@ -1964,6 +1991,7 @@ def _renamed(
         )
     )
     out.worker(attrs.evolve(out.latest(before), status=WorkerStatus.IDLE, merged_into=older.id))
+    yield from _inherit_contest(before, survivor, out)
     notes.append(
         f"merged {before.id} into {older.id}: {older.hostname} was renamed {host} (its "
         "heartbeats stopped when the new name's began, at the same address)"

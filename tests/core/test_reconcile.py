@@ -279,3 +279,32 @@ def test_without_reconciliation_a_rename_is_not_merged() -> None:
     session_with_heartbeats(repo)
     outcome = rename(repo, NO_RECONCILE)
     assert (outcome.merged, outcome.worker.id) == ((), "w2")
+
+
+def test_work_moved_off_a_contested_worker_carries_its_doubt() -> None:
+    """Two claims without hostname, then a heartbeat that could be either's: the adoption is
+    contested.  When that machine returns from a long outage on a new address, its work
+    follows it, and so does the doubt: its `finished` is held, not given to a guess."""
+    repo = new_repo()
+    apply(repo, 0, wm.Event.claim("10.8.0.1", "A1"))
+    apply(repo, 5, wm.Event.claim("10.8.0.2", "A2"))
+    first = apply(repo, 20, wm.Event.heartbeat("10.8.0.3", hostname="PC-1"))
+    assert first.alert is wm.Alert.DOUBT
+    adopted = first.worker.id
+    assert first.worker.contested == ("w1", "w2")
+    # Its machine goes silent past stale_after, then comes back elsewhere.
+    back = 20 + wm.DEFAULT_POLICY.stale_after.total_seconds() + 60
+    apply(repo, back, wm.Event.gui_update("10.8.0.9", "overall_progress"))
+    moved = apply(repo, back + 10, wm.Event.heartbeat("10.8.0.9", hostname="PC-1"))
+    assert moved.transferred
+    heir = moved.worker.id
+    assert heir != adopted
+    other = "w2" if adopted == "w1" else "w1"
+    assert moved.worker.contested == tuple(sorted((heir, other)))
+    stale = repo.get_worker(adopted)
+    assert stale is not None
+    assert stale.contested == ()
+    done = apply(repo, back + 20, wm.Event.gui_update("10.8.0.9", "finished"))
+    assert done.ended == ()
+    assert done.held == tuple(sorted((heir, other)))
+    assert done.alert is wm.Alert.END_HELD
