@@ -347,9 +347,6 @@ WORSE_THAN_THE_NOTE = {
     "land on the older one by the tie-break: fewer requests are placed right (66.9% against "
     "73.3% on these fleets) although fewer assignments are lost (3 against 11) and fewer "
     "ended by another machine (3 against 9); docs/tuning.md, known limits",
-    "rename": "the note has no hostname veto, so a renamed machine's heartbeats keep landing on "
-    "its worker by address; the default's veto makes a worker of the new name, and the rename "
-    "is reconciled only when that worker claimed nothing (docs/tuning.md, known limits)",
 }
 
 
@@ -392,8 +389,6 @@ UNFLAGGED = {
     "work, unflagged (docs/tuning.md, known limits)",
     "clones-running": "clones share a hostname: hostname agreement cannot tell them apart, yet "
     "ranks as evidence (docs/tuning.md, known limits)",
-    "rename": "a renamed machine's first heartbeat may adopt another machine's fresh claim "
-    "before reconciliation can see the rename (docs/tuning.md, known limits)",
     "mixed": "the realistic mix holds all of the above (docs/tuning.md, known limits)",
 }
 
@@ -462,10 +457,9 @@ ITEM_8 = [
     "rename",
 ]
 MISENDED = {
-    "clones-running": "clones share a hostname: a clone's heartbeat can adopt its twin's claim "
-    "(docs/tuning.md, known limits)",
-    "rename": "a renamed machine's first heartbeat may adopt another machine's fresh claim "
-    "(docs/tuning.md, known limits)",
+    "clones-running": "clones share a hostname: a clone's first heartbeat that comes when its "
+    "twin's next one is due is taken for the twin's stream moving (docs/tuning.md, known "
+    "limits)",
 }
 
 

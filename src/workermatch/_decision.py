@@ -410,6 +410,18 @@ def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     # come from one of those machines rather than from the orphan's.
     host = ctx.identity.hostname
     if host is not None:
+        suspect = yield from _rename_suspect(ctx, host)
+        if suspect is not None:
+            why = (
+                f"the request may come from {suspect.id}'s machine renamed: {host} is a new "
+                f"name, and {suspect.id}'s heartbeat ({suspect.hostname}) was due now at this "
+                f"address, which fed it {_age(now, suspect.last_seen)} ago (a duplicate is "
+                "reconciled a heartbeat later, a hijack is not)"
+            )
+            rejected += [
+                Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why) for w in found
+            ]
+            return _Found(workers=[], rejected=rejected, detail=detail)
         # A heartbeat from a new address: its own machine's live stream, when exactly one live
         # running worker of an unended session has its hostname and was fed lately, competes
         # with the orphans (and its hostname agrees).  Two such workers (clones) prove nothing.
@@ -420,7 +432,16 @@ def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
             if w.ended_at is None and w.status is WorkerStatus.RUNNING
         ]
         eligible = [w for w in found if _ineligible(w, ctx) is None]
-        if len(own) == 1 and eligible and all(w.id != own[0].id for w in found):
+        if (
+            len(own) == 1
+            and eligible
+            and all(w.id != own[0].id for w in found)
+            # its machine's next heartbeat is due: one sooner comes from another machine
+            and (
+                own[0].hostname_seen is None
+                or now - own[0].hostname_seen >= policy.quiet_period - _HEARTBEAT_SLACK
+            )
+        ):
             found.append(own[0])
             rejected = [c for c in rejected if c.worker_id != own[0].id]
             detail += (
@@ -444,6 +465,28 @@ def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     )
     rejected += [Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why) for w in found]
     return _Found(workers=[], rejected=rejected, detail=detail)
+
+
+def _rename_suspect(ctx: _Ctx, host: str) -> Ask[Worker | None]:
+    """The one running worker that a heartbeat with the new name ``host`` may be a rename of:
+    fed from the request's address within the quiet period, with another hostname whose next
+    heartbeat was due now; ``None`` when the name is known or no single worker fits."""
+    policy, now = ctx.policy, ctx.now
+    fed = [
+        w
+        for w in (
+            yield from _by_ip(ctx.identity.ip, max(ctx.live_since, now - policy.quiet_period))
+        )
+        if w.hostname not in (None, host)
+        and w.ended_at is None
+        and w.held_end is None
+        and w.status is WorkerStatus.RUNNING
+        and w.hostname_seen is not None
+        and abs(now - w.hostname_seen - policy.quiet_period) <= _HEARTBEAT_SLACK
+    ]
+    if len(fed) != 1 or (yield from _by_hostname(host, ctx.live_since)):
+        return None
+    return fed[0]
 
 
 # How far back, by creation time, _fed_streams looks in turn: it needs one stream, not all, and
@@ -1916,15 +1959,24 @@ def _reconcile(
         if refused:
             notes.append(f"not merged: {refused}")
         return None
-    older = found[0]
+    notes.append(
+        f"merged duplicate {before.id} into {found[0].id} (same hostname, lifetimes do not overlap)"
+    )
+    return (yield from _merge(ctx, event, before, found[0], out))
+
+
+def _merge(ctx: _Ctx, event: Event, before: Worker, older: Worker, out: _Writes) -> Ask[Worker]:
+    """Merge the duplicate ``before`` into ``older``, which takes the request's address and
+    hostname and ``before``'s work; returns the survivor."""
+    now = ctx.now
     moved = sorted((yield from _running_of([before.id])), key=lambda a: a.id)
     duplicate = out.latest(before)
     runs = older.status is WorkerStatus.RUNNING or bool(moved)
     survivor = out.worker(
         attrs.evolve(
-            older,
+            out.latest(older),
             ip=event.identity.ip,
-            hostname=hostname,
+            hostname=event.identity.hostname,
             hostname_seen=now,
             last_seen=max(older.last_seen, duplicate.last_seen, now),
             status=WorkerStatus.RUNNING if runs else older.status,
@@ -1935,9 +1987,6 @@ def _reconcile(
     for a in moved:
         out.assignment(attrs.evolve(a, worker_id=older.id))
     yield from _inherit_contest(duplicate, survivor, out)
-    notes.append(
-        f"merged duplicate {before.id} into {older.id} (same hostname, lifetimes do not overlap)"
-    )
     return survivor
 
 
@@ -1980,7 +2029,7 @@ def _renamed(
         and abs(before.created_at - w.hostname_seen - policy.quiet_period) <= _HEARTBEAT_SLACK
     ]
     if len(found) != 1:
-        return None
+        return (yield from _passed_over(ctx, event, before, out, notes))
     older = found[0]
     survivor = out.worker(
         attrs.evolve(
@@ -1997,6 +2046,52 @@ def _renamed(
         "heartbeats stopped when the new name's began, at the same address)"
     )
     return survivor
+
+
+def _passed_over(
+    ctx: _Ctx, event: Event, before: Worker, out: _Writes, notes: list[str]
+) -> Ask[Worker | None]:
+    """The other half of the rename suspicion: a heartbeat with a new name passed over a claim
+    without hostname because it might come from a renamed machine at its address.  A heartbeat
+    period later, that machine's heartbeats went on under its old name, so it was not renamed:
+    the new worker is the claim's GUI after all, and is merged into the claim's worker when
+    exactly one such claim was open."""
+    went_on = [
+        w
+        for w in (yield from _by_ip(before.ip, ctx.live_since))
+        if w.id != before.id
+        and w.hostname not in (None, before.hostname)
+        and w.created_at < before.created_at
+        and w.hostname_seen is not None
+        and w.hostname_seen > before.created_at
+    ]
+    if not went_on:
+        return None
+    orphans = [
+        w
+        for w in (
+            yield from _recent_running(before.created_at - ctx.policy.orphan_window, ctx.live_since)
+        )
+        if w.id != before.id
+        and w.hostname is None
+        and w.merged_into is None
+        and w.ended_at is None
+        and w.held_end is None
+        and w.created_at < before.created_at
+    ]
+    if len(orphans) != 1:
+        if orphans:
+            notes.append(
+                f"not merged: {', '.join(sorted(w.id for w in orphans))} could each be the "
+                f"claim {before.id}'s machine made"
+            )
+        return None
+    notes.append(
+        f"merged {before.id} into {orphans[0].id}: {before.id} was made apart from the claim "
+        f"in case it was {went_on[0].id}'s machine renamed, but {went_on[0].id}'s heartbeats "
+        "went on under its old name"
+    )
+    return (yield from _merge(ctx, event, before, orphans[0], out))
 
 
 def _age(now: datetime, then: datetime) -> str:

@@ -274,6 +274,54 @@ def test_a_new_name_whose_worker_claimed_work_is_another_session() -> None:
     assert outcome.merged == ()
 
 
+def test_a_renamed_machine_does_not_adopt_another_machines_fresh_claim() -> None:
+    # Another machine claims just before the rename: the new name's first heartbeat could be
+    # that machine's GUI (rule 3), or this machine renamed (its heartbeat was due, from its
+    # address).  It makes a worker of its own, which the next heartbeat merges as a rename.
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    other = apply(repo, 399, wm.Event.claim("203.0.113.7", "A2"))
+    outcome = rename(repo)
+    assert (outcome.merged, outcome.worker.id) == (("w3",), "w1")
+    assert apply(repo, 431, wm.Event.heartbeat("203.0.113.7", hostname="PC-7")).worker.id == (
+        other.worker.id
+    )
+    done = apply(repo, 440, wm.Event.gui_update(OLD_IP, "finished"))
+    assert (done.worker.id, done.ended) == ("w1", ("A1",))
+
+
+def test_a_machine_passed_over_for_a_rename_joins_its_claim_a_heartbeat_later() -> None:
+    # A second machine's GUI starts behind the first one's address just when the first one's
+    # heartbeat is due: it might be a rename, so the second machine's claim is passed over.
+    # The first machine's heartbeats go on under its old name, so the next heartbeat of the
+    # new name merges its worker into the claim it passed over.
+    repo = new_repo()
+    session_with_heartbeats(repo)
+    claim = apply(repo, 380, wm.Event.claim("10.8.0.5", "A2"))
+    first = apply(repo, 400, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    assert first.created
+    assert "may come from w1's machine renamed" in first.explain()
+    assert apply(repo, 400.5, wm.Event.heartbeat(OLD_IP, hostname=HOST)).worker.id == "w1"
+    outcome = apply(repo, 430, wm.Event.heartbeat(OLD_IP, hostname=NEW_NAME))
+    assert (outcome.merged, outcome.worker.id) == ((first.worker.id,), claim.worker.id)
+    assert "heartbeats went on under its old name" in outcome.explain()
+    w1 = repo.get_worker("w1")
+    assert w1 is not None
+    assert w1.hostname == "ug-gns0s34"
+
+
+def test_a_clones_heartbeat_sooner_than_its_twins_next_is_not_the_twin_moving() -> None:
+    # A clone (same hostname) starts while its twin runs, its GUI on another address.  Its
+    # first heartbeat comes 15 s after the twin's last one: too soon to be the twin's next
+    # heartbeat from a new address, so the clone's own claim is adopted.
+    repo = new_repo()
+    session_with_heartbeats(repo, until=380)
+    claim = apply(repo, 378, wm.Event.claim("10.8.0.5", "A2"))
+    outcome = apply(repo, 385, wm.Event.heartbeat("10.8.0.9", hostname=HOST))
+    assert outcome.worker.id == claim.worker.id
+    assert outcome.rule is wm.Rule.RECENT_ORPHAN
+
+
 def test_without_reconciliation_a_rename_is_not_merged() -> None:
     repo = new_repo()
     session_with_heartbeats(repo)

@@ -339,14 +339,24 @@ def may_be_orphan(x: Session, request: StreamEvent, policy: wm.Policy = POLICY) 
     return any(timedelta(0) <= t - c.now <= policy.orphan_window for c in starts)
 
 
+def reused_addresses(s: Session, mine: Sequence[Session]) -> list[StreamEvent]:
+    """Requests of ``s`` from an address its machine's previous session used: within the grace
+    for trailing messages they may land on that session's ended worker, and after it they may
+    find no eligible worker with their IP (rule 3)."""
+    earlier = [p.ips() for p in mine if p is not s and p.last <= s.claim]
+    used = set().union(*earlier)
+    return [e for e in s.events if e.event.identity.ip in used]
+
+
 def machines_apart(xs: Sequence[Session], ys: Sequence[Session]) -> bool:
     """No shared address and no possible blind rule-3 guess between two machines' sessions."""
     for x in xs:
         for y in ys:
             if x.ips() & y.ips():
                 return False
-            for a, b in ((x, y), (y, x)):
-                if any(may_be_orphan(b, r) for r in may_reach_rule_3(a)):
+            for a, b, mine in ((x, y, xs), (y, x, ys)):
+                reach = may_reach_rule_3(a) + reused_addresses(a, mine)
+                if any(may_be_orphan(b, r) for r in reach):
                     return False
     return True
 
