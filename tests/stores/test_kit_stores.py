@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from _stores import ASYNC_STORE_IDS, StoreFactory
 from workermatch import Assignment, InMemoryWorkerRepository, Worker, WorkerRepository
@@ -136,4 +137,12 @@ class TestShippedRepositories(RepositoryContract[WorkerRepository]):
 @pytest.mark.parametrize("store_factory", ASYNC_STORE_IDS, indirect=True)
 class TestAsyncSQLRepositories(TestShippedRepositories):
     """The whole kit on the asyncio SQL stores, through the kit's ``BlockingRepository``: every
-    call awaited on the session's event loop, each unit one task."""
+    call awaited on the session's event loop, each unit one task.  The state machine runs
+    fewer, shorter runs than on the synchronous stores (the same statements decide)."""
+
+    state_machine_settings = settings(
+        max_examples=10,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
