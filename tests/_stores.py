@@ -160,6 +160,7 @@ class _ServerStores:
         if store_id in self.repos:
             return self.repos[store_id]
         url = skip_without_server(store_id)
+        repo: Any
         if store_id in ASYNC_STORE_IDS:
             from workermatch.sql import AsyncSQLWorkerRepository
 

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -78,7 +78,8 @@ async def replay_text(repo: AsyncSQLWorkerRepository, name: str, policy: wm.Poli
             )
         out.append(trace.dump_json(line.to_dict()))
     rows = _Rows(await repo.all_workers(), await repo.all_assignments())
-    out.append(trace.dump_json(trace.final_state(rows, max(r.at for r in records), policy)))
+    latest = max(r.at for r in records)
+    out.append(trace.dump_json(trace.final_state(cast(Any, rows), latest, policy)))
     return "".join(f"{line}\n" for line in out)
 
 
@@ -215,7 +216,8 @@ def test_a_failed_unit_writes_nothing_and_its_exception_goes_through(
 
         with pytest.raises(Boom):
             await repo.atomically(unit)
-        return await repo.is_empty()
+        empty: bool = await repo.is_empty()
+        return empty
 
     assert loop.run(go())
 

@@ -91,7 +91,8 @@ class _Channel:
         """In the unit's task: await the thread's calls until it is ``done``."""
         while True:
             getter = asyncio.ensure_future(self._requests.get())
-            await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {getter, done}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
                 return done.result()
