@@ -261,7 +261,7 @@ def test_the_sync_store_refuses_an_async_engine() -> None:
 
 def test_the_async_store_refuses_a_sync_engine_or_driver() -> None:
     with pytest.raises(wm.InvalidInput, match="SQLWorkerRepository") as info:
-        AsyncSQLWorkerRepository(sa.create_engine("sqlite://"))
+        AsyncSQLWorkerRepository(sa.create_engine("sqlite://"))  # type: ignore[arg-type]
     assert info.value.field == "engine"
     with pytest.raises(wm.InvalidInput, match="not an asyncio driver"):
         AsyncSQLWorkerRepository.from_url("sqlite+pysqlite://")

@@ -17,7 +17,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
@@ -43,6 +43,9 @@ from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._repository import _uuid_ids, check_backend, check_settings
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._tables import Tables
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["AsyncSQLWorkerRepository", "normalize_async_url"]
 
@@ -89,7 +92,7 @@ class AsyncSQLWorkerRepository:
 
     def __init__(
         self,
-        engine: Any,
+        engine: AsyncEngine,
         *,
         mapping: TableMapping = DEFAULT_MAPPING,
         id_factory: Callable[[], str] | None = None,
@@ -120,7 +123,7 @@ class AsyncSQLWorkerRepository:
         # out); made on first use, in the loop that uses it.
         self._local_lock: asyncio.Lock | None = None
         configured = configure_engine(sync_engine)
-        self.engine: Any = (
+        self.engine: AsyncEngine = (
             engine if configured is sync_engine else engine.execution_options(**_serializable())
         )
         self._binding: Any = None
@@ -246,7 +249,7 @@ class AsyncSQLWorkerRepository:
         except SQLAlchemyError as exc:
             raise self._core.error("beginning the caller's transaction", exc) from cause_of(exc)
         try:
-            with entered(self, Unit(conn.sync_connection, conn)):
+            with entered(self, _unit_of(conn)):
                 return await fn()
         except BaseException as exc:
             failure = self._core.caller_failure(exc)
@@ -411,7 +414,7 @@ class AsyncSQLWorkerRepository:
                 try:
                     committing = False
                     try:
-                        with entered(self, Unit(conn.sync_connection, conn)):
+                        with entered(self, _unit_of(conn)):
                             await conn.begin()
                             result = await fn()
                             committing = True
@@ -475,6 +478,13 @@ class AsyncSQLWorkerRepository:
 
     async def _workers(self, what: str, query: str, params: dict[str, Any]) -> list[Worker]:
         return await self._read(what, lambda unit: self._core.workers(unit, query, params))
+
+
+def _unit_of(conn: Any) -> Unit:
+    """A unit on ``conn``, an AsyncConnection that has connected."""
+    sync_conn = conn.sync_connection
+    assert sync_conn is not None
+    return Unit(sync_conn, conn)
 
 
 def _serializable() -> dict[str, Any]:
