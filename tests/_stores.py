@@ -10,6 +10,11 @@
   table prefix (so that concurrent test runs on one server never meet); each call empties them.
 * ``prisma``: the real system's Prisma tables, created from their own DDL (:data:`PRISMA_DDL`)
   in a per-process PostgreSQL schema, used through ``PRISMA_MAPPING``; each call empties them.
+* ``sqlite-async``, ``postgresql-async``, ``mysql-async`` (:data:`ASYNC_STORE_IDS`, only where a
+  test asks for them): :class:`~workermatch.sql.AsyncSQLWorkerRepository` on aiosqlite,
+  asyncpg and aiomysql, behind a :class:`~workermatch.testing.BlockingRepository` on the
+  session's event loop thread (its ``repository`` is the asyncio store, its ``loop`` the
+  thread); the server ones use their own per-process table prefix.
 
 On a server store, two calls within one test share the same tables: the second call empties
 the store the first one returned.  Without its URL a server store skips, with a reason that
@@ -33,6 +38,13 @@ SERVER_STORES = {
     "prisma": "WORKERMATCH_TEST_POSTGRESQL_URL",
 }
 SQL_STORE_IDS = ("sqlite", "postgresql", "mysql", "prisma")
+ASYNC_STORE_IDS = ("sqlite-async", "postgresql-async", "mysql-async")
+SERVER_STORES.update(
+    {
+        "postgresql-async": "WORKERMATCH_TEST_POSTGRESQL_URL",
+        "mysql-async": "WORKERMATCH_TEST_MYSQL_URL",
+    }
+)
 
 #: The real system's tables as its Prisma migrations would create them (the dashboard behind
 #: the design note); run inside the schema given by ``search_path``.
@@ -138,8 +150,9 @@ def create_prisma_tables(engine: Any, schema: str) -> None:
 class _ServerStores:
     """Per-process engines and tables on the configured servers, made on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: Any) -> None:
         self.repos: dict[str, Any] = {}
+        self.loop = loop
 
     def template(self, store_id: str) -> Any:
         from workermatch.sql import DEFAULT_MAPPING, PRISMA_MAPPING, SQLWorkerRepository
@@ -147,7 +160,15 @@ class _ServerStores:
         if store_id in self.repos:
             return self.repos[store_id]
         url = skip_without_server(store_id)
-        if store_id == "prisma":
+        repo: Any
+        if store_id in ASYNC_STORE_IDS:
+            from workermatch.sql import AsyncSQLWorkerRepository
+
+            mapping = DEFAULT_MAPPING.with_table_prefix(f"{process_prefix()}a_")
+            repo = AsyncSQLWorkerRepository.from_url(url, mapping=mapping)
+            self.loop.run(repo.drop_schema())
+            self.loop.run(repo.create_schema())
+        elif store_id == "prisma":
             schema = prisma_schema_name()
             repo = SQLWorkerRepository.from_url(url, mapping=PRISMA_MAPPING.evolve(schema=schema))
             create_prisma_tables(repo.engine, schema)
@@ -155,12 +176,19 @@ class _ServerStores:
             mapping = DEFAULT_MAPPING.with_table_prefix(process_prefix())
             repo = SQLWorkerRepository.from_url(url, mapping=mapping)
             repo.drop_schema()
-        repo.create_schema()
+        if store_id not in ASYNC_STORE_IDS:
+            repo.create_schema()
         self.repos[store_id] = repo
         return repo
 
     def close(self) -> None:
         for store_id, repo in self.repos.items():
+            if store_id in ASYNC_STORE_IDS:
+                try:
+                    self.loop.run(repo.drop_schema())
+                finally:
+                    self.loop.run(repo.close())
+                continue
             try:
                 if store_id == "prisma":
                     with repo.engine.begin() as conn:
@@ -175,8 +203,18 @@ class _ServerStores:
 
 
 @pytest.fixture(scope="session")
-def _server_stores() -> Iterator[_ServerStores]:
-    stores = _ServerStores()
+def event_loop_thread() -> Iterator[Any]:
+    """The session's :class:`~workermatch.testing.LoopThread`: the asyncio stores live on it."""
+    pytest.importorskip("hypothesis")
+    from workermatch.testing import LoopThread
+
+    with LoopThread() as loop:
+        yield loop
+
+
+@pytest.fixture(scope="session")
+def _server_stores(event_loop_thread: Any) -> Iterator[_ServerStores]:
+    stores = _ServerStores(event_loop_thread)
     yield stores
     stores.close()
 
@@ -199,6 +237,10 @@ def store_factory(
 
     pytest.importorskip("sqlalchemy")
     from workermatch.sql import SQLWorkerRepository
+
+    if store_id in ASYNC_STORE_IDS:
+        yield from _async_store_factory(request, tmp_path_factory, store_id)
+        return
 
     if store_id == "sqlite":
         directory = tmp_path_factory.mktemp("sqlite")
@@ -225,3 +267,42 @@ def store_factory(
         yield server
     for close in closers:
         close()
+
+
+def _async_store_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, store_id: str
+) -> Iterator[StoreFactory]:
+    """``store_factory`` for an asyncio store: a BlockingRepository around it."""
+    pytest.importorskip("greenlet")
+    from workermatch.sql import AsyncSQLWorkerRepository
+    from workermatch.testing import BlockingRepository
+
+    loop = request.getfixturevalue("event_loop_thread")
+    closers: list[Any] = []
+    if store_id == "sqlite-async":
+        directory = tmp_path_factory.mktemp("sqlite-async")
+        counter = iter(range(1, 2**31))
+
+        async def make(id_factory: Callable[[], str] | None) -> AsyncSQLWorkerRepository:
+            path = directory / f"store{next(counter)}.db"
+            repo = AsyncSQLWorkerRepository.from_url(f"sqlite:///{path}", id_factory=id_factory)
+            await repo.create_schema()
+            closers.append(repo.close)
+            return repo
+
+    else:
+        template = request.getfixturevalue("_server_stores").template(store_id)
+
+        async def make(id_factory: Callable[[], str] | None) -> AsyncSQLWorkerRepository:
+            repo = AsyncSQLWorkerRepository(
+                template.engine, mapping=template.mapping, id_factory=id_factory
+            )
+            await repo.reset()
+            return repo
+
+    def factory(id_factory: Callable[[], str] | None = None) -> wm.WorkerRepository:
+        return BlockingRepository(loop.run(make(id_factory)), loop)
+
+    yield factory
+    for close in closers:
+        loop.run(close())

@@ -16,7 +16,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from _stores import _server_stores, store_factory  # noqa: F401  (fixtures for every test)
+from _stores import (  # noqa: F401  (fixtures for every test)
+    _server_stores,
+    event_loop_thread,
+    store_factory,
+)
 
 # The kit-catches-bugs tests run pytest inside pytest (tests/test_kit_catches_bugs.py).
 pytest_plugins = ["pytester"]

@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 import workermatch as wm
 from _stores import SQL_STORE_IDS, StoreFactory, skip_without_server
 from _times import T0
+from workermatch import aio
 from workermatch.sql import DEFAULT_RETRY, RetryPolicy, SQLWorkerRepository
 
 IP = "10.0.0.1"
@@ -284,3 +285,72 @@ def _drop_current(repo: SQLWorkerRepository) -> None:
                 other.exec_driver_sql(f"KILL CONNECTION {int(dbapi_conn.thread_id())}")
     finally:
         killer.dispose()
+
+
+# -- PostgreSQL 53200: out of (predicate lock) memory is a conflict ------------------------------
+
+
+def _out_of_memory(dialect: Any) -> Exception:
+    """The driver's error for SQLSTATE 53200, as psycopg or SQLAlchemy's asyncpg adapter
+    raises it."""
+    if dialect.driver == "psycopg":
+        import psycopg
+
+        return psycopg.errors.OutOfMemory("out of shared memory")
+    error: Any = dialect.loaded_dbapi.OperationalError("out of shared memory")
+    error.sqlstate = error.pgcode = "53200"
+    return error  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("store_factory", ["postgresql", "postgresql-async"], indirect=True)
+def test_postgresql_53200_is_retried_and_is_retryable_in_the_callers_transaction(
+    store_factory: StoreFactory,
+) -> None:
+    from workermatch.sql import AsyncSQLWorkerRepository
+    from workermatch.testing import BlockingRepository
+
+    store = store_factory()
+    fake = FakeTime()
+    if isinstance(store, BlockingRepository):
+        inner = store.repository
+        sync_engine = inner.engine.sync_engine
+        repo: Any = BlockingRepository(
+            AsyncSQLWorkerRepository(inner.engine, mapping=inner.mapping, retry=policy(fake)),
+            store.loop,
+        )
+        counter = repo.repository
+    else:
+        assert isinstance(store, SQLWorkerRepository)
+        sync_engine = store.engine
+        repo = counter = SQLWorkerRepository(
+            store.engine, mapping=store.mapping, retry=policy(fake)
+        )
+    failing = [True, True]
+
+    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if failing and statement.lstrip().upper().startswith("SELECT"):
+            failing.pop()
+            raise _out_of_memory(conn.dialect)
+
+    sa.event.listen(sync_engine, "before_cursor_execute", fail)
+    try:
+        assert wm.apply_event(wm.Event.heartbeat(IP), T0, repo).created
+        assert counter.retries == 2
+        assert len(fake.sleeps) == 2
+        # In the caller's transaction the library does not retry: the caller gets it at once.
+        failing.append(True)
+        if isinstance(repo, BlockingRepository):
+
+            async def bound_run() -> None:
+                async with counter.engine.begin() as conn:
+                    await aio.apply_event(wm.Event.heartbeat(IP), T0, counter.bound(conn))
+
+            with pytest.raises(wm.TransientStorageError) as info:
+                repo.loop.run(bound_run())
+        else:
+            with pytest.raises(wm.TransientStorageError) as info, counter.engine.begin() as conn:
+                wm.apply_event(wm.Event.heartbeat(IP), T0, counter.bound(conn))
+        assert info.value.retryable is True
+        assert getattr(info.value.__cause__, "sqlstate", None) == "53200"
+    finally:
+        sa.event.remove(sync_engine, "before_cursor_execute", fail)

@@ -1,7 +1,10 @@
-"""SQL repositories on SQLAlchemy 2: SQLite, PostgreSQL (psycopg 3) and MariaDB (PyMySQL).
+"""SQL repositories on SQLAlchemy 2: SQLite, PostgreSQL (psycopg 3) and MariaDB (PyMySQL), and
+their asyncio twin :class:`AsyncSQLWorkerRepository` (aiosqlite, asyncpg, aiomysql).
 
 Install with ``pip install workermatch[sql]`` (SQLite), ``workermatch[postgresql]`` or
-``workermatch[mysql]``.  The package root never imports this module.
+``workermatch[mysql]``; for asyncio ``workermatch[sqlite-async]``,
+``workermatch[postgresql-async]`` or ``workermatch[mysql-async]``.  The package root never
+imports this module.
 
 >>> from workermatch.sql import SQLWorkerRepository
 >>> repo = SQLWorkerRepository.from_url("sqlite://")
@@ -16,6 +19,7 @@ Prisma schema as :data:`PRISMA_MAPPING`), and how each database keeps decisions 
 
 from __future__ import annotations
 
+from ._async import AsyncSQLWorkerRepository, normalize_async_url
 from ._ddl import schema_ddl
 from ._mapping import DEFAULT_MAPPING, PRISMA_MAPPING, TableMapping
 from ._repository import SQLITE_BUSY_TIMEOUT, SQLWorkerRepository, normalize_url
@@ -27,10 +31,12 @@ __all__ = [
     "DEFAULT_RETRY",
     "PRISMA_MAPPING",
     "SQLITE_BUSY_TIMEOUT",
+    "AsyncSQLWorkerRepository",
     "RetryPolicy",
     "SQLWorkerRepository",
     "TableMapping",
     "UTCDateTime",
+    "normalize_async_url",
     "normalize_url",
     "schema_ddl",
 ]

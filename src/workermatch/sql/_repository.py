@@ -12,64 +12,56 @@ safe):
   write lock before the first read; threads of one process also share a lock.
 
 Runs again follow a :class:`~workermatch.sql.RetryPolicy` (jittered exponential back-off,
-bounded in attempts and time); every failure is classified (:meth:`SQLWorkerRepository._fault`)
-into a :class:`~workermatch.StorageError` whose ``retryable`` says whether to try again.
+bounded in attempts and time); every failure is classified (``Core.fault``) into a
+:class:`~workermatch.StorageError` whose ``retryable`` says whether to try again.  A repository
+bound to the caller's connection (:meth:`SQLWorkerRepository.bound`) runs its units in the
+caller's transaction and leaves committing, rolling back and retrying to the caller.
 
-The reads of one unit are cached for the rest of the unit: the worker queries fetch the
-``RUNNING`` assignments of the workers they return in the same statement, so a heartbeat that
-matches by exact IP costs one ``SELECT`` and one ``UPDATE``.  Statements are built and compiled
-once, then run on the driver's cursor (:meth:`SQLWorkerRepository._raw`).
+The statements, the row conversion and the schema work are shared with the asyncio repository
+(``_core``); this module only obtains connections and runs units on them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
+import copy
 import threading
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from .._errors import InvalidInput, StorageError, TransientStorageError
-from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
-from .._observe import logger
-from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+from .._errors import InvalidInput, StorageError
+from .._model import Assignment, Worker, check_id
+from .._protocol import Write
+from ._core import (
+    BACKENDS,
+    SQLITE_BUSY_TIMEOUT,
+    Core,
+    Unit,
+    cause_of,
+    configure_engine,
+    current_unit,
+    entered,
+    is_async_url,
+    parse_url,
+    quiet_rollback,
+    sqlite_wal,
+)
+from ._core import (
+    engine_options as build_engine_options,
+)
 from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._retry import DEFAULT_RETRY, RetryPolicy
-from ._tables import Tables, build_tables
+from ._tables import Tables
 
-__all__ = ["SQLWorkerRepository", "normalize_url"]
+__all__ = ["SQLITE_BUSY_TIMEOUT", "SQLWorkerRepository", "normalize_url"]
 
 T = TypeVar("T")
-
-#: The SQLite busy timeout of the engines :meth:`SQLWorkerRepository.from_url` makes: how long a
-#: statement waits for another process's write lock before SQLite reports "database is locked".
-SQLITE_BUSY_TIMEOUT = 30.0
-
-# What a driver error means (see SQLWorkerRepository._fault).
-_CONFLICT = "conflict"  # rolled back by the database; running the unit again is safe
-_TRANSIENT = "transient"  # the connection or the server failed; the request may succeed later
-_PERMANENT = "permanent"  # fails the same way until someone changes something
-
-# PostgreSQL SQLSTATEs: serialisation failure, deadlock, lock timeout (lock_not_available).
-_PG_CONFLICT = frozenset({"40001", "40P01", "55P03"})
-# Out of memory, too many connections, admin / crash shutdown, cannot connect now.  (Disk full,
-# 53100, is left permanent: it does not go away by itself within a retry.)
-_PG_TRANSIENT = frozenset({"53200", "53300", "57P01", "57P02", "57P03"})
-# MariaDB / MySQL error numbers: deadlock, lock wait timeout.
-_MY_CONFLICT = frozenset({1213, 1205})
-# Too many connections, server shutdown, connection killed (MariaDB), can't connect, server
-# gone away, lost connection, commands out of sync after a loss, disconnected for inactivity.
-_MY_TRANSIENT = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013, 2014, 2055, 4031})
 
 _PLAIN_DRIVERS = {
     "postgresql": "postgresql+psycopg",
@@ -79,37 +71,37 @@ _PLAIN_DRIVERS = {
 }
 
 
-_ADDED_SINCE_0_1 = ("hostname_seen", "contested", "held_end")
-
-
 def normalize_url(url: str | URL) -> URL:
     """Parse ``url`` and pick the library's driver for a plain scheme (``postgresql://`` ->
     psycopg 3, ``mysql://`` and ``mariadb://`` -> PyMySQL).  An explicit driver is kept."""
-    try:
-        parsed = make_url(url)
-    except (SQLAlchemyError, ValueError, TypeError) as exc:
-        raise InvalidInput(f"not a database URL: {url!r} ({exc})", field="url", value=url) from None
-    if parsed.drivername in _PLAIN_DRIVERS:
-        parsed = parsed.set(drivername=_PLAIN_DRIVERS[parsed.drivername])
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
-        raise InvalidInput(
-            f"unsupported database {backend!r} in {url!r}: use sqlite, postgresql, mysql or "
-            "mariadb",
-            field="url",
-            value=url,
-        )
-    return parsed
+    return parse_url(url, _PLAIN_DRIVERS)
 
 
 def _uuid_ids() -> str:
+    import uuid
+
     return str(uuid.uuid4())
 
 
-class _Unit(threading.local):
-    conn: Connection | None = None
-    # worker id -> its RUNNING assignments, filled by the worker queries of this unit
-    running: dict[str, list[Assignment]] | None = None
+def check_settings(mapping: object, retry: object) -> None:
+    """Refuse a mapping or retry policy of the wrong type (both repositories)."""
+    if not isinstance(mapping, TableMapping):
+        raise InvalidInput(
+            f"mapping must be a TableMapping, not {type(mapping).__name__}",
+            field="mapping",
+            value=mapping,
+        )
+    if not isinstance(retry, RetryPolicy):
+        raise InvalidInput(
+            f"retry must be a RetryPolicy, not {type(retry).__name__}",
+            field="retry",
+            value=retry,
+        )
+
+
+def check_backend(dialect: sa.Dialect, value: object, field: str) -> None:
+    if dialect.name not in BACKENDS:
+        raise InvalidInput(f"unsupported database {dialect.name!r}", field=field, value=value)
 
 
 class SQLWorkerRepository:
@@ -119,7 +111,8 @@ class SQLWorkerRepository:
     ``mapping`` says which tables and columns to use (:data:`DEFAULT_MAPPING`: the library's
     own tables; :data:`PRISMA_MAPPING`: the real system's); ``id_factory`` makes new worker ids
     (default: random UUIDs); ``retry`` says when a unit that hit a conflict runs again
-    (:data:`~workermatch.sql.DEFAULT_RETRY`).  Safe to share between threads.
+    (:data:`~workermatch.sql.DEFAULT_RETRY`).  Safe to share between threads.  For asyncio, see
+    :class:`~workermatch.sql.AsyncSQLWorkerRepository`.
     """
 
     def __init__(
@@ -131,57 +124,39 @@ class SQLWorkerRepository:
         retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         if not isinstance(engine, Engine):
+            hint = (
+                ": use workermatch.sql.AsyncSQLWorkerRepository for an AsyncEngine"
+                if type(engine).__name__ == "AsyncEngine"
+                else ""
+            )
             raise InvalidInput(
-                f"engine must be a SQLAlchemy Engine, not {type(engine).__name__}",
+                f"engine must be a SQLAlchemy Engine, not {type(engine).__name__}{hint}",
                 field="engine",
                 value=engine,
             )
-        if not isinstance(mapping, TableMapping):
+        check_backend(engine.dialect, engine, "engine")
+        if engine.dialect.is_async:
             raise InvalidInput(
-                f"mapping must be a TableMapping, not {type(mapping).__name__}",
-                field="mapping",
-                value=mapping,
+                f"the engine's driver {engine.dialect.driver!r} is an asyncio driver: use "
+                "workermatch.sql.AsyncSQLWorkerRepository (or a synchronous driver)",
+                field="engine",
+                value=engine,
             )
-        self._backend = engine.dialect.name
-        if self._backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
-            raise InvalidInput(
-                f"unsupported database {self._backend!r}", field="engine", value=engine
-            )
-        if not isinstance(retry, RetryPolicy):
-            raise InvalidInput(
-                f"retry must be a RetryPolicy, not {type(retry).__name__}",
-                field="retry",
-                value=retry,
-            )
+        check_settings(mapping, retry)
         self._own_engine = False
         self.retry = retry
         self._retries = 0
         self._retries_lock = threading.Lock()
         self.mapping = mapping
-        self._t: Tables = build_tables(mapping)
-        self._id_factory = id_factory or _uuid_ids
-        self._unit = _Unit()
+        self._core = Core(engine.dialect, mapping, id_factory or _uuid_ids)
+        self._backend = self._core.backend
         # SQLite: one writer at a time anyway; threads of this process queue here instead of
         # spinning on SQLITE_BUSY (BEGIN IMMEDIATE keeps other processes out).
-        self._local_lock: threading.RLock | None = None
-        if self._backend == "sqlite":
-            self._local_lock = threading.RLock()
-            _configure_sqlite(engine)
-            self.engine = engine
-        elif getattr(engine.dialect, "_on_connect_isolation_level", None) == "SERIALIZABLE":
-            self.engine = engine  # every connection is set up once, when it is made
-        else:
-            # Set per checkout (and reset on return) on an engine that is not ours.
-            self.engine = engine.execution_options(isolation_level="SERIALIZABLE")
-        self._w_cols = [self._t.w[f] for f in self._t.w]
-        self._a_cols = [self._t.a[f] for f in self._t.a]
-        self._wstatus = dict(mapping.worker_statuses)
-        self._wstatus_back = {v: k for k, v in mapping.worker_statuses.items()}
-        self._astatus = dict(mapping.assignment_statuses)
-        self._astatus_back = {v: k for k, v in mapping.assignment_statuses.items()}
-        self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
-        self._bind = _sqlite_time if self._backend == "sqlite" else _naive_utc
-        self._build_statements()
+        self._local_lock: threading.RLock | None = (
+            threading.RLock() if self._backend == "sqlite" else None
+        )
+        self.engine = configure_engine(engine)
+        self._binding: Any = None
 
     @property
     def retries(self) -> int:
@@ -203,52 +178,115 @@ class SQLWorkerRepository:
         """A repository on a new engine for ``url``: ``sqlite:///file.db``, ``sqlite://``
         (memory, private to this repository), ``postgresql://user@host:5432/db``,
         ``mysql://...`` or ``mariadb://...``; a SQLAlchemy URL with an explicit driver is used
-        as is.  :meth:`close` disposes of the engine.  ``engine_options`` go to
-        :func:`sqlalchemy.create_engine`; ``connect_args`` given there are merged into the
-        library's own (SQLite's ``timeout``, the busy timeout, defaults to
-        :data:`SQLITE_BUSY_TIMEOUT`).  Server engines check a pooled connection before handing
-        it out (``pool_pre_ping=True``), so a connection the server dropped is replaced."""
+        as is (an asyncio driver such as ``postgresql+asyncpg`` is an
+        :class:`~workermatch.InvalidInput`: use
+        :class:`~workermatch.sql.AsyncSQLWorkerRepository`).  :meth:`close` disposes of the
+        engine.  ``engine_options`` go to :func:`sqlalchemy.create_engine`; ``connect_args``
+        given there are merged into the library's own (SQLite's ``timeout``, the busy timeout,
+        defaults to :data:`SQLITE_BUSY_TIMEOUT`).  Server engines check a pooled connection
+        before handing it out (``pool_pre_ping=True``), so a connection the server dropped is
+        replaced."""
         parsed = normalize_url(url)
-        backend = parsed.get_backend_name()
-        options: dict[str, Any] = {}
-        args: dict[str, Any]
-        if backend == "sqlite":
-            args = {"check_same_thread": False}
-            if parsed.database in (None, "", ":memory:"):
-                options["poolclass"] = StaticPool
-            else:
-                args["timeout"] = SQLITE_BUSY_TIMEOUT
-        else:
-            options["isolation_level"] = "SERIALIZABLE"
-            options["pool_pre_ping"] = True
-            if backend in ("mysql", "mariadb"):
-                args = {"init_command": "SET time_zone = '+00:00'"}
-            else:
-                args = {"options": "-c timezone=UTC"}
-        given = dict(engine_options.pop("connect_args", None) or {})
-        if backend == "postgresql" and "options" in given:
-            given["options"] = f"{args['options']} {given['options']}"
-        args.update(given)
-        options["connect_args"] = args
-        options.update(engine_options)
+        if is_async_url(parsed):
+            raise InvalidInput(
+                f"{parsed.drivername!r} is an asyncio driver: use "
+                "workermatch.sql.AsyncSQLWorkerRepository.from_url for it, or a plain URL "
+                f"({parsed.get_backend_name()}://...) for the synchronous repository",
+                field="url",
+                value=url,
+            )
+        options = build_engine_options(parsed, engine_options)
         try:
             engine = sa.create_engine(parsed, **options)
         except (SQLAlchemyError, ImportError, TypeError) as exc:
             raise StorageError(f"cannot create an engine for {parsed!r}: {exc}") from exc
-        if backend == "sqlite" and "poolclass" not in options:
-            event.listen(engine, "connect", _sqlite_wal)
+        if parsed.get_backend_name() == "sqlite" and "poolclass" not in options:
+            event.listen(engine, "connect", sqlite_wal)
         repo = cls(engine, mapping=mapping, id_factory=id_factory, retry=retry)
         repo._own_engine = True
         return repo
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
-        return f"<SQLWorkerRepository {url} workers={self.mapping.workers_table!r}>"
+        bound = " bound to the caller's transaction" if self._binding is not None else ""
+        return f"<SQLWorkerRepository {url} workers={self.mapping.workers_table!r}{bound}>"
 
     @property
     def tables(self) -> Tables:
         """The SQLAlchemy tables and indexes the repository uses."""
-        return self._t
+        return self._core.t
+
+    # -- the caller's transaction ----------------------------------------------------------------
+
+    def bound(self, connection: Any) -> SQLWorkerRepository:
+        """This repository, running its units in the caller's transaction.
+
+        ``connection`` is a SQLAlchemy :class:`~sqlalchemy.engine.Connection` or an ORM
+        :class:`~sqlalchemy.orm.Session` the application already holds.  Every unit of the
+        returned repository (``apply_event``, ``sweep``, reads outside a unit) runs on it, in its
+        transaction (begun if none is), so that the decision's writes and the application's own
+        commit together, or roll back together.  The repository never commits, rolls back,
+        retries or discards that connection: a conflict (serialisation failure, deadlock, lock
+        timeout) or a lost connection is a :class:`~workermatch.TransientStorageError`, after
+        which the caller rolls the transaction back and runs it again, whole; any other
+        database failure a :class:`~workermatch.StorageError`, after which it must be rolled
+        back too.  The connection must use the repository's driver; on PostgreSQL and MariaDB
+        its transaction should be ``SERIALIZABLE`` (as a connection of :attr:`engine` is), or
+        decisions can race.  The schema calls still use :attr:`engine`.
+        """
+        from sqlalchemy.orm import Session
+
+        if isinstance(connection, Connection):
+            self._check_dialect(connection.dialect, connection)
+        elif not isinstance(connection, Session):
+            name = type(connection).__name__
+            hint = (
+                ": use AsyncSQLWorkerRepository.bound for asyncio connections"
+                if name in ("AsyncConnection", "AsyncSession")
+                else ""
+            )
+            raise InvalidInput(
+                f"bound() takes a SQLAlchemy Connection or Session, not {name}{hint}",
+                field="connection",
+                value=connection,
+            )
+        repo = copy.copy(self)
+        repo._own_engine = False
+        repo._binding = connection
+        return repo
+
+    def _check_dialect(self, dialect: sa.Dialect, connection: object) -> None:
+        mine = self.engine.dialect
+        if (dialect.name, dialect.driver) != (mine.name, mine.driver):
+            raise InvalidInput(
+                f"the connection uses {dialect.name}+{dialect.driver}, the repository "
+                f"{mine.name}+{mine.driver}: bind a connection of the repository's kind",
+                field="connection",
+                value=connection,
+            )
+
+    def _caller_connection(self) -> Connection:
+        binding = self._binding
+        conn: Connection = binding if isinstance(binding, Connection) else binding.connection()
+        if conn is not binding:
+            self._check_dialect(conn.dialect, binding)
+        if not conn.in_transaction():
+            conn.begin()  # what the caller's next execute() would do
+        return conn
+
+    def _caller_unit(self, fn: Callable[[], T]) -> T:
+        try:
+            conn = self._caller_connection()
+        except SQLAlchemyError as exc:
+            raise self._core.error("beginning the caller's transaction", exc) from cause_of(exc)
+        try:
+            with entered(self, Unit(conn)):
+                return fn()
+        except BaseException as exc:
+            failure = self._core.caller_failure(exc)
+            if failure is None or failure.error is None:
+                raise
+            raise failure.error from failure.cause
 
     # -- schema ----------------------------------------------------------------------------------
 
@@ -261,27 +299,7 @@ class SQLWorkerRepository:
         columns of ``added_worker_columns`` and the indexes; a missing table or column is a
         :class:`~workermatch.StorageError`.
         """
-
-        def run(conn: Connection) -> None:
-            insp = sa.inspect(conn)
-            if self.mapping.owns_tables:
-                self._t.metadata.create_all(conn, checkfirst=True)
-                # Tables made by an earlier version lack the columns added since.
-                self._add_missing(conn, sa.inspect(conn), _ADDED_SINCE_0_1)
-            else:
-                self._add_columns(conn, insp)
-            insp = sa.inspect(conn)
-            for index in self._t.indexes:
-                table = index.table
-                assert table is not None
-                names = {
-                    ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)
-                }
-                if index.name not in names:
-                    index.create(conn)
-            self._check_collations(conn)
-
-        self._ddl(run)
+        self._ddl(self._core.create_schema)
 
     def check_schema(self) -> None:
         """Check, without changing anything, that the mapped tables and columns exist and that
@@ -294,188 +312,28 @@ class SQLWorkerRepository:
         (a claim of ``a1`` refused because ``A1`` runs): a
         :class:`~workermatch.StorageError` naming the table, the column and the collation.
         """
-
-        def run(conn: Connection) -> None:
-            insp = sa.inspect(conn)
-            schema = self.mapping.schema
-            for table, wanted in (
-                (self._t.workers, self._t.w.values()),
-                (self._t.assignments, self._t.a.values()),
-            ):
-                if not insp.has_table(table.name, schema=schema):
-                    raise StorageError(f"table {table.fullname!r} does not exist")
-                have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
-                missing = [c.name for c in wanted if c.name not in have]
-                if missing:
-                    raise StorageError(
-                        f"table {table.fullname!r} has no column(s) {', '.join(missing)}; "
-                        "check the mapping or run create_schema()"
-                    )
-            self._check_collations(conn)
-
-        self._ddl(run)
-
-    def _check_collations(self, conn: Connection) -> None:
-        found = self._collations(conn)
-        for col in self._t.exact:
-            table = col.table
-            collation = found.get((table.name, col.name))
-            if collation is None or collation[1]:
-                continue
-            fix = {
-                "postgresql": 'a deterministic collation (the database default, or "C")',
-                "sqlite": "the default BINARY collation",
-            }.get(self._backend, "a binary collation, utf8mb4_bin")
-            raise StorageError(
-                f"column {col.name!r} of table {table.name!r} uses collation "
-                f"{collation[0]!r}, which compares different ids or hostnames as equal (case, "
-                f"accents, width or Unicode normalisation ignored); give it {fix}"
-            )
-
-    def _collations(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
-        """(table, column) -> (collation, whether it compares exactly), for the two tables'
-        text columns that have a collation."""
-        tables = [self._t.workers.name, self._t.assignments.name]
-        schema = self.mapping.schema
-        out: dict[tuple[str, str], tuple[str, bool]] = {}
-        if self._backend in ("mysql", "mariadb"):
-            rows = conn.execute(
-                sa.text(
-                    "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
-                    " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())"
-                    " AND TABLE_NAME IN (:t1, :t2) AND COLLATION_NAME IS NOT NULL"
-                ),
-                {"schema": schema, "t1": tables[0], "t2": tables[1]},
-            )
-            for table, column, collation in rows:
-                name = str(collation).lower()
-                out[(table, column)] = (collation, name == "binary" or name.endswith("_bin"))
-        elif self._backend == "postgresql":
-            rows = conn.execute(
-                sa.text(
-                    "SELECT c.relname, a.attname, co.collname, co.collisdeterministic"
-                    " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " JOIN pg_collation co ON co.oid = a.attcollation"
-                    " WHERE n.nspname = COALESCE(:schema, current_schema())"
-                    " AND c.relname IN (:t1, :t2) AND a.attnum > 0 AND NOT a.attisdropped"
-                ),
-                {"schema": schema, "t1": tables[0], "t2": tables[1]},
-            )
-            for table, column, collation, deterministic in rows:
-                out[(table, column)] = (collation, bool(deterministic))
-        else:
-            master = "sqlite_master" if schema is None else f'"{schema}".sqlite_master'
-            for table in tables:
-                sql = conn.exec_driver_sql(
-                    f"SELECT sql FROM {master} WHERE type = 'table' AND name = ?", (table,)
-                ).scalar()
-                for column, collation in _sqlite_collations(str(sql or "")).items():
-                    out[(table, column)] = (collation, collation.upper() == "BINARY")
-        return out
-
-    def _add_missing(self, conn: Connection, insp: sa.Inspector, fields: Sequence[str]) -> None:
-        """Add the nullable worker columns of ``fields`` that the workers table lacks."""
-        present = {
-            c["name"] for c in insp.get_columns(self._t.workers.name, schema=self.mapping.schema)
-        }
-        prep = conn.dialect.identifier_preparer
-        for field in fields:
-            col = self._t.w[field]
-            if col.name in present:
-                continue
-            ddl_type = col.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(
-                f"ALTER TABLE {prep.format_table(self._t.workers)} "
-                f"ADD COLUMN {prep.format_column(col)} {ddl_type} NULL"
-            )
-
-    def _add_columns(self, conn: Connection, insp: sa.Inspector) -> None:
-        schema = self.mapping.schema
-        for table in (self._t.workers, self._t.assignments):
-            if not insp.has_table(table.name, schema=schema):
-                raise StorageError(f"table {table.fullname!r} does not exist")
-        self._add_missing(conn, insp, self.mapping.added_worker_columns)
-        for table, wanted in (
-            (self._t.workers, self._t.w.values()),
-            (self._t.assignments, self._t.a.values()),
-        ):
-            have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
-            if table is self._t.workers:
-                have |= {self._t.w[f].name for f in self.mapping.added_worker_columns}
-            missing = [c.name for c in wanted if c.name not in have]
-            if missing:
-                raise StorageError(
-                    f"table {table.fullname!r} has no column(s) {', '.join(missing)}; check the "
-                    "mapping"
-                )
+        self._ddl(self._core.check_schema)
 
     def drop_schema(self) -> None:
         """Remove what :meth:`create_schema` made: the tables (with their rows) when the
         mapping owns them, else the library's indexes and added columns."""
-
-        def run(conn: Connection) -> None:
-            if self.mapping.owns_tables:
-                self._t.metadata.drop_all(conn, checkfirst=True)
-                return
-            insp = sa.inspect(conn)
-            prep = conn.dialect.identifier_preparer
-            for index in self._t.indexes:
-                table = index.table
-                assert table is not None
-                names = {
-                    ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)
-                }
-                if index.name in names:
-                    index.drop(conn)
-            present = {
-                c["name"]
-                for c in insp.get_columns(self._t.workers.name, schema=self.mapping.schema)
-            }
-            for field in self.mapping.added_worker_columns:
-                col = self._t.w[field]
-                if col.name in present:
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE {prep.format_table(self._t.workers)} "
-                        f"DROP COLUMN {prep.format_column(col)}"
-                    )
-
-        self._ddl(run)
+        self._ddl(self._core.drop_schema)
 
     def _ddl(self, run: Callable[[Connection], None]) -> None:
         with self._locked():
             try:
-                with self.engine.connect() as conn:
-                    if self._backend == "sqlite":
-                        # DDL inspection must not sit inside BEGIN IMMEDIATE's snapshot games.
-                        pass
-                    with conn.begin():
-                        run(conn)
+                with self.engine.connect() as conn, conn.begin():
+                    run(conn)
             except SQLAlchemyError as exc:
-                raise self._error("changing the schema", exc) from _cause(exc)
+                raise self._core.error("changing the schema", exc) from cause_of(exc)
 
     def reset(self) -> None:
         """Delete every row of the mapped tables (assignments first)."""
-
-        def run() -> None:
-            conn = self._conn()
-            conn.execute(sa.delete(self._t.assignments))
-            conn.execute(sa.delete(self._t.workers))
-
-        self.atomically(lambda: self._guard("emptying the tables", run))
+        self._read("emptying the tables", self._core.reset)
 
     def is_empty(self) -> bool:
         """Whether the store holds no worker."""
-
-        def run() -> bool:
-            row = (
-                self._conn()
-                .execute(sa.select(self._t.w["id"]).select_from(self._t.workers).limit(1))
-                .first()
-            )
-            return row is None
-
-        return self._read("checking for workers", run)
+        return self._read("checking for workers", self._core.is_empty)
 
     def close(self) -> None:
         """Dispose of the engine if :meth:`from_url` created it."""
@@ -500,26 +358,13 @@ class SQLWorkerRepository:
         shares this database.  ``apply_event(event, None, repo)`` decides at this time, read in
         the decision's own transaction, so that clock skew between server processes cannot
         split a session or mix two."""
-
-        def run() -> datetime:
-            conn = self._conn()
-            value = conn.execute(sa.select(self._utc_now_sql())).scalar_one()
-            if isinstance(value, str):  # SQLite's strftime text
-                value = datetime.fromisoformat(value)
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=timezone.utc)
-            return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
-
-        return self._read("reading the database's clock", run)
+        return self._read("reading the database's clock", self._core.clock)
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
         check_id(assignment_id, "assignment_id")
-
-        def run() -> Assignment | None:
-            rows = self._raw(self._r_assignment, {"aid": assignment_id})
-            return self._assignment(rows[0]) if rows else None
-
-        return self._read("reading an assignment", run)
+        return self._read(
+            "reading an assignment", lambda unit: self._core.get_assignment(unit, assignment_id)
+        )
 
     def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
         return self._workers("reading workers by IP", "by_ip", {"ip": ip, "since": seen_since})
@@ -553,17 +398,15 @@ class SQLWorkerRepository:
 
     def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
         ids = list(dict.fromkeys(worker_ids))
-        cache = self._unit.running
-        if cache is not None and all(i in cache for i in ids):
-            return [a for i in ids for a in cache[i]]
+        cached = self._core.cached_running(current_unit(self), ids)
+        if cached is not None:
+            return cached
         if not ids:
             return []
-
-        def run() -> list[Assignment]:
-            rows = self._conn().execute(self._q_running_of, {"ids": ids})
-            return [self._assignment(r) for r in rows]
-
-        return self._read("reading running assignments", run)
+        return self._read(
+            "reading running assignments",
+            lambda unit: self._core.running_assignments_of(unit, ids),
+        )
 
     def unflagged_workers_seen_before(self, seen_before: datetime) -> Sequence[Worker]:
         return self._workers("reading unflagged workers", "unflagged", {"before": seen_before})
@@ -572,137 +415,22 @@ class SQLWorkerRepository:
         return self._workers("reading all workers", "all", {})
 
     def all_assignments(self) -> Sequence[Assignment]:
-        def run() -> list[Assignment]:
-            return [self._assignment(r) for r in self._raw(self._r_all_assignments, {})]
-
-        return self._read("reading all assignments", run)
+        return self._read("reading all assignments", self._core.all_assignments)
 
     # -- writes ----------------------------------------------------------------------------------
 
     def new_worker_id(self) -> str:
-        return self._id_factory()
+        return self._core.id_factory()
 
     def write(self, writes: Iterable[Write]) -> None:
         ops = list(writes)
         if not ops:
             return
-        self.atomically(lambda: self._guard("writing a decision", lambda: self._write(ops)))
-
-    def _write(self, ops: list[Write]) -> None:
-        self._unit.running = None  # the cache no longer describes the store
-        m = self.mapping
-        wid, aid = self._t.w["id"].name, self._t.a["id"].name
-        for op in ops:
-            if isinstance(op, InsertWorker):
-                values = self._worker_values(op.worker)
-                values.update(m.worker_defaults)
-                self._raw(self._r_ins_worker, values, fetch=False)
-            elif isinstance(op, UpdateWorker):
-                values = self._worker_values(op.worker)
-                values["_key"] = values.pop(wid)
-                if self._raw(self._r_upd_worker, values, fetch=False) != 1:
-                    raise StorageError(f"worker {op.worker.id!r} does not exist")
-            elif isinstance(op, InsertAssignment):
-                values = self._assignment_values(op.assignment)
-                values.update(m.assignment_defaults)
-                self._raw(self._r_ins_assignment, values, fetch=False)
-            elif isinstance(op, UpdateAssignment):
-                values = self._assignment_values(op.assignment)
-                values["_key"] = values.pop(aid)
-                if self._raw(self._r_upd_assignment, values, fetch=False) != 1:
-                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
-            else:  # pragma: no cover - guarded by the type checker
-                raise StorageError(f"unknown write operation {op!r}")
-
-    def _build_statements(self) -> None:
-        """Every statement, built once with bound parameters (SQLAlchemy then compiles each
-        once per dialect and reuses it)."""
-        t, m = self._t, self.mapping
-        w, a = t.w, t.a
-        b = sa.bindparam
-        w_running = b("w_running", self._wstatus[WorkerStatus.RUNNING], type_=w["status"].type)
-        a_running = b("a_running", self._astatus[AssignmentStatus.RUNNING], type_=a["status"].type)
-        live = (w["stale"] == sa.false(), w["merged_into"].is_(None))
-        stale_or_old = sa.or_(w["stale"] == sa.true(), w["last_seen"] < b("before"))
-        wheres: dict[str, tuple[sa.ColumnElement[bool], ...]] = {
-            "by_id": (w["id"] == b("wid"),),
-            "by_ip": (w["ip"] == b("ip"), w["last_seen"] >= b("since"), *live),
-            "by_host": (w["hostname"] == b("host"), w["last_seen"] >= b("since"), *live),
-            "recent": (
-                w["status"] == w_running,
-                w["created_at"] >= b("created"),
-                w["last_seen"] >= b("since"),
-                *live,
-            ),
-            "stale_ip": (
-                w["ip"] == b("ip"),
-                w["status"] == w_running,
-                w["merged_into"].is_(None),
-                stale_or_old,
-            ),
-            "stale_host": (
-                w["hostname"] == b("host"),
-                w["status"] == w_running,
-                w["merged_into"].is_(None),
-                stale_or_old,
-            ),
-            "unflagged": (w["stale"] == sa.false(), w["last_seen"] < b("before")),
-            "all": (),
-        }
-        joined = t.workers.outerjoin(
-            t.assignments, sa.and_(a["worker_id"] == w["id"], a["status"] == a_running)
-        )
-        self._q_workers: dict[str, Any] = {
-            k: sa.select(*self._w_cols).where(*v) for k, v in wheres.items()
-        }
-        self._q_workers_joined: dict[str, Any] = {
-            k: sa.select(*self._w_cols, *self._a_cols).select_from(joined).where(*v)
-            for k, v in wheres.items()
-        }
-        # "Same IP or same hostname" is a UNION of two index lookups, each pinned to its index on
-        # SQLite: without statistics its planner otherwise picks the status index and reads every
-        # RUNNING worker.
-        quote = self.engine.dialect.identifier_preparer.quote
-        ip_idx, host_idx = (quote(str(ix.name)) for ix in t.indexes[:2])
-        for q in (self._q_workers, self._q_workers_joined):
-            q["stale_ip"] = q["stale_ip"].with_hint(t.workers, f"INDEXED BY {ip_idx}", "sqlite")
-            q["stale_host"] = q["stale_host"].with_hint(
-                t.workers, f"INDEXED BY {host_idx}", "sqlite"
-            )
-            q["stale_ip_host"] = sa.union(q["stale_ip"], q.pop("stale_host"))
-        self._q_assignment = sa.select(*self._a_cols).where(a["id"] == b("aid"))
-        self._q_running_of = sa.select(*self._a_cols).where(
-            a["worker_id"].in_(b("ids", expanding=True)), a["status"] == a_running
-        )
-        self._q_all_assignments = sa.select(*self._a_cols)
-        touch_w = {} if m.worker_updated_at is None else {m.worker_updated_at: self._utc_now_sql()}
-        touch_a = (
-            {}
-            if m.assignment_updated_at is None
-            else {m.assignment_updated_at: self._utc_now_sql()}
-        )
-        self._ins_worker = sa.insert(t.workers).values(touch_w)
-        self._upd_worker = sa.update(t.workers).where(w["id"] == b("_key")).values(touch_w)
-        self._ins_assignment = sa.insert(t.assignments).values(touch_a)
-        self._upd_assignment = sa.update(t.assignments).where(a["id"] == b("_key")).values(touch_a)
-
-        # The same statements compiled once for this engine's dialect, run on the driver's own
-        # cursor (see _raw).
-        d = self.engine.dialect
-        self._r_workers = {k: _Raw(q, d) for k, q in self._q_workers.items()}
-        self._r_workers_joined = {k: _Raw(q, d) for k, q in self._q_workers_joined.items()}
-        self._r_assignment = _Raw(self._q_assignment, d)
-        self._r_all_assignments = _Raw(self._q_all_assignments, d)
-        w_keys = [c.name for c in self._w_cols]
-        a_keys = [c.name for c in self._a_cols]
-        self._r_ins_worker = _Raw(self._ins_worker, d, [*w_keys, *m.worker_defaults])
-        self._r_upd_worker = _Raw(self._upd_worker, d, w_keys[1:])
-        self._r_ins_assignment = _Raw(self._ins_assignment, d, [*a_keys, *m.assignment_defaults])
-        self._r_upd_assignment = _Raw(self._upd_assignment, d, a_keys[1:])
+        self._read("writing a decision", lambda unit: self._core.write(unit, ops))
 
     def atomically(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one transaction and return its result (a unit already running in this
-        thread just calls ``fn``).
+        thread just calls ``fn``; on a :meth:`bound` repository, the caller's transaction).
 
         A conflict (serialisation failure, deadlock, lock timeout, locked SQLite database)
         rolls the unit back and runs it again after a back-off, as :attr:`retry` says; once
@@ -711,10 +439,12 @@ class SQLWorkerRepository:
         connection or the server failed); the connection it happened on is discarded.  An
         exception of ``fn``'s own goes through unchanged, after the rollback.
         """
-        unit = self._unit
-        if unit.conn is not None:
+        if current_unit(self) is not None:
             return fn()
+        if self._binding is not None:
+            return self._caller_unit(fn)
         policy = self.retry
+        core = self._core
         with self._locked():
             started = policy.clock()
             attempt = 0
@@ -723,63 +453,35 @@ class SQLWorkerRepository:
                 try:
                     conn = self.engine.connect()
                 except SQLAlchemyError as exc:
-                    raise self._error("connecting", exc, attempts=attempt) from _cause(exc)
-                unit.conn, unit.running = conn, {}
+                    raise core.error("connecting", exc, attempts=attempt) from cause_of(exc)
                 pause: float | None = None
                 try:
                     committing = False
                     try:
-                        conn.begin()
-                        result = fn()
-                        committing = True
-                        conn.commit()
+                        with entered(self, Unit(conn)):
+                            conn.begin()
+                            result = fn()
+                            committing = True
+                            conn.commit()
                         return result
                     except BaseException as exc:
-                        _quiet_rollback(conn)
-                        if isinstance(exc, SQLAlchemyError):
-                            cause = _cause(exc)
-                            what = "committing" if committing else "running a unit"
-                            message = _message(what, cause)
-                        elif isinstance(exc, StorageError) and isinstance(
-                            exc.__cause__, self._dbapi_error
-                        ):
-                            cause, message = exc.__cause__, str(exc)
-                        else:
+                        quiet_rollback(conn)
+                        failure = core.failure(
+                            exc,
+                            committing=committing,
+                            attempt=attempt,
+                            started=started,
+                            policy=policy,
+                        )
+                        if failure is None:
                             raise  # fn's own exception, or a StorageError of the library's
-                        fault = self._fault(cause)
-                        if fault == _CONFLICT:
-                            elapsed = policy.clock() - started
-                            delay = policy.delay(attempt)
-                            if attempt < policy.max_attempts and elapsed + delay <= policy.max_time:
-                                pause = delay
-                            else:
-                                logger.warning(
-                                    "gave up after %d attempts in %.2f s of conflicts: %s",
-                                    attempt,
-                                    elapsed,
-                                    message,
-                                )
-                                raise TransientStorageError(
-                                    f"{message} (gave up after {attempt} attempt"
-                                    f"{'s' if attempt != 1 else ''} in {elapsed:.2f} s; the "
-                                    "database kept reporting conflicts: retry later)",
-                                    attempts=attempt,
-                                ) from cause
-                        else:
-                            # The connection may be dead or half-way through something: never
-                            # hand it back to the pool.
-                            with contextlib.suppress(Exception):
-                                conn.invalidate()
-                            if committing and fault == _TRANSIENT:
-                                raise StorageError(
-                                    f"{message} (the connection failed during COMMIT: the "
-                                    "unit may or may not have been stored)",
-                                    retryable=False,
-                                    attempts=attempt,
-                                ) from cause
-                            raise _make_error(message, fault, attempt) from cause
+                        if failure.error is not None:
+                            if failure.invalidate:
+                                with contextlib.suppress(Exception):
+                                    conn.invalidate()
+                            raise failure.error from failure.cause
+                        pause = failure.pause
                 finally:
-                    unit.conn, unit.running = None, None
                     with contextlib.suppress(Exception):
                         conn.close()
                 # A conflict: the connection is back in the pool while we wait.
@@ -799,316 +501,28 @@ class SQLWorkerRepository:
                 yield
 
     def _conn(self) -> Connection:
-        conn = self._unit.conn
-        assert conn is not None, "only inside a unit"
-        return conn
+        unit = current_unit(self)
+        assert unit is not None, "only inside a unit"
+        return unit.conn
 
-    def _guard(self, what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except SQLAlchemyError as exc:
-            raise self._error(what, exc) from _cause(exc)
+    def _read(self, what: str, fn: Callable[[Unit], T]) -> T:
+        core = self._core
+        unit = current_unit(self)
+        if unit is not None:
+            return core.guard(what, lambda: fn(unit))
 
-    def _read(self, what: str, fn: Callable[[], T]) -> T:
-        if self._unit.conn is not None:
-            return self._guard(what, fn)
-        return self.atomically(lambda: self._guard(what, fn))
+        def run() -> T:
+            inner = current_unit(self)
+            assert inner is not None
+            return core.guard(what, lambda: fn(inner))
 
-    def _raw(self, stmt: _Raw, params: dict[str, Any], *, fetch: bool = True) -> Any:
-        """Run a precompiled statement on the driver's cursor of the unit's connection.
-
-        SQLAlchemy's own execution costs several times the driver's on these small statements,
-        and the decision's statements are all small.  The engine's ``before_cursor_execute``
-        listeners still see every statement (so do the tests that count or break them); a
-        driver error becomes a :class:`StorageError` with the driver's exception as its cause.
-        Returns the rows, or with ``fetch=False`` the row count.
-        """
-        conn = self._conn()
-        args: Any = stmt.params(params, self._bind)
-        statement = stmt.sql
-        cursor = None
-        try:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            if conn._has_events or conn.engine._has_events:
-                for fn in conn.dispatch.before_cursor_execute:
-                    statement, args = fn(conn, cursor, statement, args, None, False)
-            cursor.execute(statement, args)
-            return cursor.fetchall() if fetch else cursor.rowcount
-        except self._dbapi_error as exc:
-            raise StorageError(f"the database failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if cursor is not None:
-                with contextlib.suppress(Exception):
-                    cursor.close()
+        return self.atomically(run)
 
     def _workers(self, what: str, query: str, params: dict[str, Any]) -> list[Worker]:
-        def run() -> list[Worker]:
-            cache = self._unit.running
-            if cache is None or query in ("all", "unflagged"):
-                rows = self._raw(self._r_workers[query], params)
-                return [self._worker(r) for r in rows]
-            n = len(self._w_cols)
-            workers: dict[str, Worker] = {}
-            running: dict[str, list[Assignment]] = {}
-            for row in self._raw(self._r_workers_joined[query], params):
-                wid = row[0]
-                if wid not in workers:
-                    workers[wid] = self._worker(row[:n])
-                    running[wid] = []
-                if row[n] is not None:
-                    running[wid].append(self._assignment(row[n:]))
-            cache.update(running)
-            return list(workers.values())
-
-        return self._read(what, run)
-
-    def _worker(self, row: Sequence[Any]) -> Worker:
-        (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row[:10]
-        hostname_seen, contested, held_end = row[10:13]
-        try:
-            return Worker(
-                id=wid,
-                ip=ip,
-                hostname=hostname,
-                created_at=_from_db(created_at),
-                last_seen=_from_db(last_seen),
-                status=self._wstatus_back[status],
-                stale=bool(stale),
-                assignment_id=aid,
-                ended_at=_from_db(ended_at),
-                merged_into=merged,
-                hostname_seen=_from_db(hostname_seen),
-                contested=() if contested is None else json.loads(contested),
-                held_end=held_end,
-            )
-        except (KeyError, ValueError, InvalidInput) as exc:
-            raise StorageError(f"worker row {wid!r} cannot be read: {exc!r}") from exc
-
-    def _assignment(self, row: Sequence[Any]) -> Assignment:
-        (aid, status, worker_id, started_at, ended_at) = row
-        try:
-            return Assignment(
-                id=aid,
-                status=self._astatus_back[status],
-                worker_id=worker_id,
-                started_at=_from_db(started_at),
-                ended_at=_from_db(ended_at),
-            )
-        except (KeyError, InvalidInput) as exc:
-            raise StorageError(f"assignment row {aid!r} cannot be read: {exc!r}") from exc
+        return self._read(what, lambda unit: self._core.workers(unit, query, params))
 
     def _worker_values(self, w: Worker) -> dict[str, Any]:
-        c = self._t.w
-        return {
-            c["id"].name: w.id,
-            c["ip"].name: w.ip,
-            c["hostname"].name: w.hostname,
-            c["created_at"].name: w.created_at,
-            c["last_seen"].name: w.last_seen,
-            c["status"].name: self._wstatus[w.status],
-            c["stale"].name: w.stale,
-            c["assignment_id"].name: w.assignment_id,
-            c["ended_at"].name: w.ended_at,
-            c["merged_into"].name: w.merged_into,
-            c["hostname_seen"].name: w.hostname_seen,
-            c["contested"].name: json.dumps(list(w.contested)) if w.contested else None,
-            c["held_end"].name: None if w.held_end is None else w.held_end.to_json(),
-        }
+        return self._core.worker_values(w)
 
     def _assignment_values(self, a: Assignment) -> dict[str, Any]:
-        c = self._t.a
-        return {
-            c["id"].name: a.id,
-            c["status"].name: self._astatus[a.status],
-            c["worker_id"].name: a.worker_id,
-            c["started_at"].name: a.started_at,
-            c["ended_at"].name: a.ended_at,
-        }
-
-    def _utc_now_sql(self) -> Any:
-        if self._backend == "postgresql":
-            return sa.text("(now() AT TIME ZONE 'UTC')")
-        if self._backend in ("mysql", "mariadb"):
-            return sa.text("UTC_TIMESTAMP(3)")
-        return sa.text("strftime('%Y-%m-%d %H:%M:%f', 'now')")
-
-    def _fault(self, cause: BaseException) -> str:
-        """Classify a driver exception: a conflict (the database rolled the transaction back;
-        run the unit again), transient (the connection or server failed; the request may
-        succeed later) or permanent."""
-        if self._backend == "postgresql":
-            state = getattr(cause, "sqlstate", None)
-            if state in _PG_CONFLICT:
-                return _CONFLICT
-            if state in _PG_TRANSIENT or (isinstance(state, str) and state.startswith("08")):
-                return _TRANSIENT
-        elif self._backend in ("mysql", "mariadb"):
-            args: tuple[Any, ...] = tuple(getattr(cause, "args", ()))
-            code = args[0] if args else None
-            if code in _MY_CONFLICT:
-                return _CONFLICT
-            if code in _MY_TRANSIENT:
-                return _TRANSIENT
-        else:
-            text = str(cause).lower()
-            if "database is locked" in text or "database is busy" in text:
-                return _CONFLICT
-        try:
-            if isinstance(cause, self._dbapi_error) and self.engine.dialect.is_disconnect(
-                cause,  # type: ignore[arg-type]  # the driver's own Error class
-                None,
-                None,
-            ):
-                return _TRANSIENT
-        except Exception:  # pragma: no cover - a dialect that cannot tell
-            pass
-        return _PERMANENT
-
-    def _error(self, what: str, exc: BaseException, *, attempts: int | None = None) -> StorageError:
-        """The StorageError for a SQLAlchemy or driver exception raised while ``what``."""
-        cause = _cause(exc)
-        return _make_error(_message(what, cause), self._fault(cause), attempts)
-
-
-class _SQLiteHintingCompiler(SQLiteCompiler):
-    """SQLite's statement compiler, emitting a table's ``with_hint`` text after its name (where
-    SQLite's ``INDEXED BY`` goes); SQLAlchemy's own drops it."""
-
-    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
-        return text
-
-
-class _Raw:
-    """A statement compiled once for one dialect: its SQL text, and how to pass parameters."""
-
-    __slots__ = ("defaults", "escape", "positional", "sql")
-
-    def __init__(
-        self, stmt: Any, dialect: sa.Dialect, column_keys: list[str] | None = None
-    ) -> None:
-        compiled: Any
-        if dialect.name == "sqlite":
-            # SQLAlchemy's SQLite compiler drops table hints; ours emits them (INDEXED BY).
-            compiled = _SQLiteHintingCompiler(dialect, stmt, column_keys=column_keys)
-        else:
-            compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
-        self.sql: str = str(compiled)
-        self.positional: list[str] | None = (
-            list(compiled.positiontup) if compiled.positiontup is not None else None
-        )
-        self.escape: dict[str, str] = dict(compiled.escaped_bind_names or {})
-        self.defaults: dict[str, Any] = dict(compiled.construct_params(_check=False))
-
-    def params(self, given: dict[str, Any], convert: Callable[[Any], Any]) -> Any:
-        values = dict(self.defaults)
-        for key, value in given.items():
-            values[self.escape.get(key, key)] = convert(value)
-        if self.positional is None:
-            return values
-        return tuple(values[name] for name in self.positional)
-
-
-def _naive_utc(value: Any) -> Any:
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
-
-
-def _sqlite_time(value: Any) -> Any:
-    """SQLAlchemy's SQLite text form of a time (fixed width, so text order is time order)."""
-    if isinstance(value, datetime):
-        v = _naive_utc(value)
-        return (
-            f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:"
-            f"{v.second:02d}.{v.microsecond:06d}"
-        )
-    return value
-
-
-def _from_db(value: Any) -> datetime | None:
-    """A time as the driver returns it (SQLite: text) -> aware UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
-    return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
-
-
-def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
-    """Write-ahead logging: readers never block the writer, and a commit costs one sync."""
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode = WAL")
-    cur.close()
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """Make every transaction ``BEGIN IMMEDIATE`` and enforce foreign keys."""
-    if getattr(engine, "_workermatch_configured", False):
-        return
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # the driver must not BEGIN on its own
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine._workermatch_configured = True  # type: ignore[attr-defined]
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The driver's exception behind a SQLAlchemy one."""
-    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
-        return exc.orig
-    return exc
-
-
-def _sqlite_collations(create_table: str) -> dict[str, str]:
-    """Column -> the collation its definition names (``COLLATE x``), from SQLite's ``CREATE
-    TABLE`` text (columns without one compare with ``BINARY``)."""
-    start, end = create_table.find("("), create_table.rfind(")")
-    if start < 0 or end < start:
-        return {}
-    out: dict[str, str] = {}
-    depth, part, parts = 0, "", []
-    for ch in create_table[start + 1 : end]:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(part)
-            part = ""
-        else:
-            part += ch
-    parts.append(part)
-    for definition in parts:
-        m = re.match(r'\s*(?:"((?:[^"]|"")+)"|`([^`]+)`|\[([^\]]+)\]|(\w+))', definition)
-        if m is None:
-            continue
-        name = next(g for g in m.groups() if g is not None).replace('""', '"')
-        coll = re.search(r'\bCOLLATE\s+"?(\w+)"?', definition, re.IGNORECASE)
-        if coll is not None:
-            out[name] = coll.group(1)
-    return out
-
-
-def _message(what: str, cause: BaseException) -> str:
-    return f"the database failed while {what}: {type(cause).__name__}: {cause}"
-
-
-def _make_error(message: str, fault: str, attempts: int | None) -> StorageError:
-    if fault == _PERMANENT:
-        return StorageError(message, attempts=attempts)
-    return TransientStorageError(message, attempts=attempts)
-
-
-def _quiet_rollback(conn: Connection) -> None:
-    with contextlib.suppress(Exception):
-        conn.rollback()
+        return self._core.assignment_values(a)

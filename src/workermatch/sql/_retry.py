@@ -43,22 +43,25 @@ class RetryPolicy:
     """When :meth:`~workermatch.sql.SQLWorkerRepository.atomically` runs a unit again.
 
     A unit that fails with a *conflict* (PostgreSQL serialisation failure ``40001``, deadlock
-    ``40P01`` or lock timeout ``55P03``; MariaDB deadlock ``1213`` or lock wait timeout
-    ``1205``; SQLite "database is locked") is rolled back and run again after a pause drawn
-    uniformly from ``[0, min(cap, base * 2 ** (n - 1))]`` seconds after its ``n``-th failure
-    ("full jitter").  It is not run again once ``max_attempts`` runs failed, or when the pause
-    would end more than ``max_time`` seconds after the first run started; the repository then
-    raises a :class:`~workermatch.TransientStorageError` that says how many runs it made.
+    ``40P01``, lock timeout ``55P03`` or out of (predicate lock) memory ``53200``; MariaDB
+    deadlock ``1213`` or lock wait timeout ``1205``; SQLite "database is locked") is rolled
+    back and run again after a pause drawn uniformly from
+    ``[0, min(cap, base * 2 ** (n - 1))]`` seconds after its ``n``-th failure ("full
+    jitter").  It is not run again once ``max_attempts`` runs failed, or when the pause would
+    end more than ``max_time`` seconds after the first run started; the repository then raises
+    a :class:`~workermatch.TransientStorageError` that says how many runs it made.
 
     ``sleep``, ``random`` (a float in ``[0, 1)``) and ``clock`` (seconds, monotonic) are
-    injectable, so that tests need not wait.
+    injectable, so that tests need not wait.  The asyncio repository pauses with
+    :func:`asyncio.sleep` while ``sleep`` is the default :func:`time.sleep`, and awaits what an
+    injected ``sleep`` returns when it is awaitable (a coroutine function works).
     """
 
     max_attempts: int = attrs.field(default=30, validator=_positive_int)
     max_time: float = attrs.field(default=30.0, validator=_non_negative)
     base: float = attrs.field(default=0.005, validator=_non_negative)
     cap: float = attrs.field(default=0.5, validator=_non_negative)
-    sleep: Callable[[float], None] = attrs.field(default=time.sleep, repr=False)
+    sleep: Callable[[float], object] = attrs.field(default=time.sleep, repr=False)
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
 

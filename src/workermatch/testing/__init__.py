@@ -12,6 +12,9 @@ root never imports this module.
   included.
 * :class:`RepositoryStateMachine` -- a Hypothesis state machine driving your repository and the
   reference side by side (``run_state_machine_as_test(lambda: RepositoryStateMachine(f))``).
+* :class:`BlockingRepository` and :class:`LoopThread` -- check an asyncio repository
+  (:class:`~workermatch.aio.AsyncWorkerRepository`) with the same kit: the facade runs each
+  call on an event loop in a thread of its own.
 * Strategies: :func:`ip_addresses`, :func:`hostnames`, :func:`identities`, :func:`workers`,
   :func:`assignments`, :func:`policies` and :func:`fleet_streams` (with ground truth); ids and
   hostnames include :func:`lookalikes` (differing only in case, accents, NFC/NFD or width).
@@ -21,6 +24,7 @@ root never imports this module.
 
 from __future__ import annotations
 
+from ._blocking import BlockingRepository, LoopThread
 from ._compare import apply_to_both, assert_same_state, sweep_both
 from ._contract import RepositoryContract
 from ._machine import RepositoryStateMachine
@@ -46,7 +50,9 @@ from ._strategies import (
 
 __all__ = [
     "EPOCH",
+    "BlockingRepository",
     "FleetStream",
+    "LoopThread",
     "ReferenceRepository",
     "RepositoryContract",
     "RepositoryStateMachine",

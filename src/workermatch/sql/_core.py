@@ -1,0 +1,909 @@
+"""What the synchronous and the asyncio SQL repositories share: the statements, the row
+conversion, the schema work, the classification of failures, and the unit in progress.
+
+Everything here runs on a synchronous SQLAlchemy :class:`~sqlalchemy.engine.Connection`: the
+synchronous repository calls it directly, the asyncio one inside
+:meth:`~sqlalchemy.ext.asyncio.AsyncConnection.run_sync`, where the same driver calls are
+bridged to the event loop.  So both repositories send the same SQL text, convert rows the same
+way and classify a driver's error the same way; only how a connection is obtained, and how a
+unit waits, differ.
+
+The unit in progress (its connection, and the RUNNING assignments its worker queries fetched)
+lives in a :class:`contextvars.ContextVar`: each thread, and each asyncio task, sees its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .._errors import InvalidInput, StorageError, TransientStorageError
+from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from .._observe import logger
+from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+from ._mapping import TableMapping
+from ._retry import RetryPolicy
+from ._tables import Tables, build_tables
+
+T = TypeVar("T")
+
+#: The SQLite busy timeout of the engines ``from_url`` makes: how long a statement waits for
+#: another process's write lock before SQLite reports "database is locked".
+SQLITE_BUSY_TIMEOUT = 30.0
+
+BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
+
+# What a driver error means (see Core.fault).
+CONFLICT = "conflict"  # rolled back by the database; running the unit again is safe
+TRANSIENT = "transient"  # the connection or the server failed; the request may succeed later
+PERMANENT = "permanent"  # fails the same way until someone changes something
+
+# PostgreSQL SQLSTATEs: serialisation failure, deadlock, lock timeout (lock_not_available), and
+# out of memory (53200: under SERIALIZABLE, "out of shared memory" when the predicate locks of
+# concurrent transactions fill their table; it goes away when they end).
+PG_CONFLICT = frozenset({"40001", "40P01", "55P03", "53200"})
+# Too many connections, admin / crash shutdown, cannot connect now.  (Disk full, 53100, is left
+# permanent: it does not go away by itself within a retry.)
+PG_TRANSIENT = frozenset({"53300", "57P01", "57P02", "57P03"})
+# MariaDB / MySQL error numbers: deadlock, lock wait timeout.
+MY_CONFLICT = frozenset({1213, 1205})
+# Too many connections, server shutdown, connection killed (MariaDB), can't connect, server
+# gone away, lost connection, commands out of sync after a loss, disconnected for inactivity.
+MY_TRANSIENT = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013, 2014, 2055, 4031})
+
+ADDED_SINCE_0_1 = ("hostname_seen", "contested", "held_end")
+
+
+def parse_url(url: str | URL, drivers: Mapping[str, str]) -> URL:
+    """Parse ``url``, give a plain scheme the driver ``drivers`` names, and check the database
+    is one the library supports."""
+    try:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"not a database URL: {url!r} ({exc})", field="url", value=url) from None
+    if parsed.drivername in drivers:
+        parsed = parsed.set(drivername=drivers[parsed.drivername])
+    backend = parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise InvalidInput(
+            f"unsupported database {backend!r} in {url!r}: use sqlite, postgresql, mysql or "
+            "mariadb",
+            field="url",
+            value=url,
+        )
+    return parsed
+
+
+def is_async_url(url: URL) -> bool:
+    """Whether ``url`` names a driver that only SQLAlchemy's asyncio extension can run."""
+    try:
+        return bool(url.get_dialect().is_async)
+    except Exception:  # an unknown driver: create_engine says what is wrong
+        return False
+
+
+def engine_options(url: URL, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options ``from_url`` passes to SQLAlchemy's engine factory for ``url``, with the
+    caller's ``given`` ones (``connect_args`` merged into the library's own)."""
+    from sqlalchemy.pool import StaticPool
+
+    given = dict(given)
+    backend = url.get_backend_name()
+    options: dict[str, Any] = {}
+    args: dict[str, Any]
+    extra = dict(given.pop("connect_args", None) or {})
+    if backend == "sqlite":
+        args = {} if url.get_driver_name() == "aiosqlite" else {"check_same_thread": False}
+        if url.database in (None, "", ":memory:"):
+            options["poolclass"] = StaticPool
+        else:
+            args["timeout"] = SQLITE_BUSY_TIMEOUT
+    else:
+        options["isolation_level"] = "SERIALIZABLE"
+        options["pool_pre_ping"] = True
+        if backend in ("mysql", "mariadb"):
+            args = {"init_command": "SET time_zone = '+00:00'"}
+        elif url.get_driver_name() == "asyncpg":
+            settings = {"timezone": "UTC", **dict(extra.pop("server_settings", None) or {})}
+            args = {"server_settings": settings}
+        else:
+            args = {"options": "-c timezone=UTC"}
+            if "options" in extra:
+                extra["options"] = f"{args['options']} {extra['options']}"
+    args.update(extra)
+    options["connect_args"] = args
+    options.update(given)
+    return options
+
+
+def configure_engine(engine: Engine) -> Engine:
+    """The engine a repository runs its units on: SQLite gets ``BEGIN IMMEDIATE`` and foreign
+    keys; a server engine not made ``SERIALIZABLE`` gets it per checkout."""
+    if engine.dialect.name == "sqlite":
+        configure_sqlite(engine)
+        return engine
+    if getattr(engine.dialect, "_on_connect_isolation_level", None) == "SERIALIZABLE":
+        return engine  # every connection is set up once, when it is made
+    # Set per checkout (and reset on return) on an engine that is not ours.
+    return engine.execution_options(isolation_level="SERIALIZABLE")
+
+
+class Unit:
+    """One unit in progress: the connection it runs on (``handle``: the asyncio connection
+    wrapping it, for the asyncio repository) and, while it has written nothing, the RUNNING
+    assignments of the workers its queries returned."""
+
+    __slots__ = ("conn", "handle", "running")
+
+    def __init__(self, conn: Connection, handle: Any = None) -> None:
+        self.conn = conn
+        self.handle = handle
+        self.running: dict[str, list[Assignment]] | None = {}
+
+
+_UNITS: ContextVar[Mapping[object, Unit]] = ContextVar(
+    "workermatch_sql_units", default=MappingProxyType({})
+)
+
+
+def current_unit(owner: object) -> Unit | None:
+    """The unit ``owner`` (a repository) runs in this thread or task, or ``None``."""
+    return _UNITS.get().get(owner)
+
+
+@contextlib.contextmanager
+def entered(owner: object, unit: Unit) -> Iterator[Unit]:
+    """Make ``unit`` the one ``owner`` runs in this thread or task until the block ends."""
+    units = dict(_UNITS.get())
+    units[owner] = unit
+    token = _UNITS.set(units)
+    try:
+        yield unit
+    finally:
+        _UNITS.reset(token)
+
+
+class Failure:
+    """What to do after a unit failed: run it again after ``pause`` seconds, or raise
+    ``error`` (from ``cause``), first discarding the connection when ``invalidate``."""
+
+    __slots__ = ("cause", "error", "invalidate", "pause")
+
+    def __init__(
+        self,
+        cause: BaseException,
+        *,
+        pause: float | None = None,
+        error: StorageError | None = None,
+        invalidate: bool = False,
+    ) -> None:
+        self.cause = cause
+        self.pause = pause
+        self.error = error
+        self.invalidate = invalidate
+
+
+class Core:
+    """The statements of one mapping compiled for one dialect, and everything else both SQL
+    repositories do the same way."""
+
+    def __init__(
+        self,
+        dialect: sa.Dialect,
+        mapping: TableMapping,
+        id_factory: Callable[[], str],
+    ) -> None:
+        self.dialect = dialect
+        self.backend = dialect.name
+        self.mapping = mapping
+        self.t: Tables = build_tables(mapping)
+        self.id_factory = id_factory
+        self._w_cols = [self.t.w[f] for f in self.t.w]
+        self._a_cols = [self.t.a[f] for f in self.t.a]
+        self._wstatus = dict(mapping.worker_statuses)
+        self._wstatus_back = {v: k for k, v in mapping.worker_statuses.items()}
+        self._astatus = dict(mapping.assignment_statuses)
+        self._astatus_back = {v: k for k, v in mapping.assignment_statuses.items()}
+        self.dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+        self._bind = _sqlite_time if self.backend == "sqlite" else _naive_utc
+        self._build_statements()
+
+    # -- reads and writes of a unit --------------------------------------------------------------
+
+    def raw(self, unit: Unit, stmt: Raw, params: dict[str, Any], *, fetch: bool = True) -> Any:
+        """Run a precompiled statement on the driver's cursor of the unit's connection.
+
+        SQLAlchemy's own execution costs several times the driver's on these small statements,
+        and the decision's statements are all small.  The engine's ``before_cursor_execute``
+        listeners still see every statement (so do the tests that count or break them); a
+        driver error becomes a :class:`StorageError` with the driver's exception as its cause.
+        Returns the rows, or with ``fetch=False`` the row count.
+        """
+        conn = unit.conn
+        args: Any = stmt.params(params, self._bind)
+        statement = stmt.sql
+        cursor = None
+        try:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            if conn._has_events or conn.engine._has_events:
+                for fn in conn.dispatch.before_cursor_execute:
+                    statement, args = fn(conn, cursor, statement, args, None, False)
+            cursor.execute(statement, args)
+            return cursor.fetchall() if fetch else cursor.rowcount
+        except self.dbapi_error as exc:
+            raise StorageError(f"the database failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+
+    def workers(self, unit: Unit, query: str, params: dict[str, Any]) -> list[Worker]:
+        cache = unit.running
+        if cache is None or query in ("all", "unflagged"):
+            rows = self.raw(unit, self._r_workers[query], params)
+            return [self.worker(r) for r in rows]
+        n = len(self._w_cols)
+        workers: dict[str, Worker] = {}
+        running: dict[str, list[Assignment]] = {}
+        for row in self.raw(unit, self._r_workers_joined[query], params):
+            wid = row[0]
+            if wid not in workers:
+                workers[wid] = self.worker(row[:n])
+                running[wid] = []
+            if row[n] is not None:
+                running[wid].append(self.assignment(row[n:]))
+        cache.update(running)
+        return list(workers.values())
+
+    def get_assignment(self, unit: Unit, assignment_id: str) -> Assignment | None:
+        rows = self.raw(unit, self._r_assignment, {"aid": assignment_id})
+        return self.assignment(rows[0]) if rows else None
+
+    @staticmethod
+    def cached_running(unit: Unit | None, ids: list[str]) -> list[Assignment] | None:
+        """The RUNNING assignments of ``ids`` when the unit's queries fetched them all."""
+        cache = None if unit is None else unit.running
+        if cache is not None and all(i in cache for i in ids):
+            return [a for i in ids for a in cache[i]]
+        return None
+
+    def running_assignments_of(self, unit: Unit, ids: Collection[str]) -> list[Assignment]:
+        rows = unit.conn.execute(self._q_running_of, {"ids": list(ids)})
+        return [self.assignment(r) for r in rows]
+
+    def all_assignments(self, unit: Unit) -> list[Assignment]:
+        return [self.assignment(r) for r in self.raw(unit, self._r_all_assignments, {})]
+
+    def clock(self, unit: Unit) -> datetime:
+        value = unit.conn.execute(sa.select(self.utc_now_sql())).scalar_one()
+        if isinstance(value, str):  # SQLite's strftime text
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+    def is_empty(self, unit: Unit) -> bool:
+        stmt = sa.select(self.t.w["id"]).select_from(self.t.workers).limit(1)
+        return unit.conn.execute(stmt).first() is None
+
+    def reset(self, unit: Unit) -> None:
+        unit.conn.execute(sa.delete(self.t.assignments))
+        unit.conn.execute(sa.delete(self.t.workers))
+
+    def write(self, unit: Unit, ops: list[Write]) -> None:
+        unit.running = None  # the cache no longer describes the store
+        m = self.mapping
+        wid, aid = self.t.w["id"].name, self.t.a["id"].name
+        for op in ops:
+            if isinstance(op, InsertWorker):
+                values = self.worker_values(op.worker)
+                values.update(m.worker_defaults)
+                self.raw(unit, self._r_ins_worker, values, fetch=False)
+            elif isinstance(op, UpdateWorker):
+                values = self.worker_values(op.worker)
+                values["_key"] = values.pop(wid)
+                if self.raw(unit, self._r_upd_worker, values, fetch=False) != 1:
+                    raise StorageError(f"worker {op.worker.id!r} does not exist")
+            elif isinstance(op, InsertAssignment):
+                values = self.assignment_values(op.assignment)
+                values.update(m.assignment_defaults)
+                self.raw(unit, self._r_ins_assignment, values, fetch=False)
+            elif isinstance(op, UpdateAssignment):
+                values = self.assignment_values(op.assignment)
+                values["_key"] = values.pop(aid)
+                if self.raw(unit, self._r_upd_assignment, values, fetch=False) != 1:
+                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
+            else:  # pragma: no cover - guarded by the type checker
+                raise StorageError(f"unknown write operation {op!r}")
+
+    # -- the schema (each on a connection inside a transaction) -----------------------------------
+
+    def create_schema(self, conn: Connection) -> None:
+        insp = sa.inspect(conn)
+        if self.mapping.owns_tables:
+            self.t.metadata.create_all(conn, checkfirst=True)
+            # Tables made by an earlier version lack the columns added since.
+            self._add_missing(conn, sa.inspect(conn), ADDED_SINCE_0_1)
+        else:
+            self._add_columns(conn, insp)
+        insp = sa.inspect(conn)
+        for index in self.t.indexes:
+            table = index.table
+            assert table is not None
+            names = {ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)}
+            if index.name not in names:
+                index.create(conn)
+        self._check_collations(conn)
+
+    def check_schema(self, conn: Connection) -> None:
+        insp = sa.inspect(conn)
+        schema = self.mapping.schema
+        for table, wanted in (
+            (self.t.workers, self.t.w.values()),
+            (self.t.assignments, self.t.a.values()),
+        ):
+            if not insp.has_table(table.name, schema=schema):
+                raise StorageError(f"table {table.fullname!r} does not exist")
+            have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
+            missing = [c.name for c in wanted if c.name not in have]
+            if missing:
+                raise StorageError(
+                    f"table {table.fullname!r} has no column(s) {', '.join(missing)}; "
+                    "check the mapping or run create_schema()"
+                )
+        self._check_collations(conn)
+
+    def drop_schema(self, conn: Connection) -> None:
+        if self.mapping.owns_tables:
+            self.t.metadata.drop_all(conn, checkfirst=True)
+            return
+        insp = sa.inspect(conn)
+        prep = conn.dialect.identifier_preparer
+        for index in self.t.indexes:
+            table = index.table
+            assert table is not None
+            names = {ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)}
+            if index.name in names:
+                index.drop(conn)
+        present = {
+            c["name"] for c in insp.get_columns(self.t.workers.name, schema=self.mapping.schema)
+        }
+        for field in self.mapping.added_worker_columns:
+            col = self.t.w[field]
+            if col.name in present:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {prep.format_table(self.t.workers)} "
+                    f"DROP COLUMN {prep.format_column(col)}"
+                )
+
+    def _check_collations(self, conn: Connection) -> None:
+        found = self._collations(conn)
+        for col in self.t.exact:
+            table = col.table
+            collation = found.get((table.name, col.name))
+            if collation is None or collation[1]:
+                continue
+            fix = {
+                "postgresql": 'a deterministic collation (the database default, or "C")',
+                "sqlite": "the default BINARY collation",
+            }.get(self.backend, "a binary collation, utf8mb4_bin")
+            raise StorageError(
+                f"column {col.name!r} of table {table.name!r} uses collation "
+                f"{collation[0]!r}, which compares different ids or hostnames as equal (case, "
+                f"accents, width or Unicode normalisation ignored); give it {fix}"
+            )
+
+    def _collations(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(table, column) -> (collation, whether it compares exactly), for the two tables'
+        text columns that have a collation."""
+        tables = [self.t.workers.name, self.t.assignments.name]
+        schema = self.mapping.schema
+        out: dict[tuple[str, str], tuple[str, bool]] = {}
+        if self.backend in ("mysql", "mariadb"):
+            rows = conn.execute(
+                sa.text(
+                    "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE())"
+                    " AND TABLE_NAME IN (:t1, :t2) AND COLLATION_NAME IS NOT NULL"
+                ),
+                {"schema": schema, "t1": tables[0], "t2": tables[1]},
+            )
+            for table, column, collation in rows:
+                name = str(collation).lower()
+                out[(table, column)] = (collation, name == "binary" or name.endswith("_bin"))
+        elif self.backend == "postgresql":
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.relname, a.attname, co.collname, co.collisdeterministic"
+                    " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " JOIN pg_collation co ON co.oid = a.attcollation"
+                    " WHERE n.nspname = COALESCE(:schema, current_schema())"
+                    " AND c.relname IN (:t1, :t2) AND a.attnum > 0 AND NOT a.attisdropped"
+                ),
+                {"schema": schema, "t1": tables[0], "t2": tables[1]},
+            )
+            for table, column, collation, deterministic in rows:
+                out[(table, column)] = (collation, bool(deterministic))
+        else:
+            master = "sqlite_master" if schema is None else f'"{schema}".sqlite_master'
+            for table in tables:
+                sql = conn.exec_driver_sql(
+                    f"SELECT sql FROM {master} WHERE type = 'table' AND name = ?", (table,)
+                ).scalar()
+                for column, collation in sqlite_collations(str(sql or "")).items():
+                    out[(table, column)] = (collation, collation.upper() == "BINARY")
+        return out
+
+    def _add_missing(self, conn: Connection, insp: sa.Inspector, fields: Sequence[str]) -> None:
+        """Add the nullable worker columns of ``fields`` that the workers table lacks."""
+        present = {
+            c["name"] for c in insp.get_columns(self.t.workers.name, schema=self.mapping.schema)
+        }
+        prep = conn.dialect.identifier_preparer
+        for field in fields:
+            col = self.t.w[field]
+            if col.name in present:
+                continue
+            ddl_type = col.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {prep.format_table(self.t.workers)} "
+                f"ADD COLUMN {prep.format_column(col)} {ddl_type} NULL"
+            )
+
+    def _add_columns(self, conn: Connection, insp: sa.Inspector) -> None:
+        schema = self.mapping.schema
+        for table in (self.t.workers, self.t.assignments):
+            if not insp.has_table(table.name, schema=schema):
+                raise StorageError(f"table {table.fullname!r} does not exist")
+        self._add_missing(conn, insp, self.mapping.added_worker_columns)
+        for table, wanted in (
+            (self.t.workers, self.t.w.values()),
+            (self.t.assignments, self.t.a.values()),
+        ):
+            have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
+            if table is self.t.workers:
+                have |= {self.t.w[f].name for f in self.mapping.added_worker_columns}
+            missing = [c.name for c in wanted if c.name not in have]
+            if missing:
+                raise StorageError(
+                    f"table {table.fullname!r} has no column(s) {', '.join(missing)}; check the "
+                    "mapping"
+                )
+
+    def worker(self, row: Sequence[Any]) -> Worker:
+        (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row[:10]
+        hostname_seen, contested, held_end = row[10:13]
+        try:
+            return Worker(
+                id=wid,
+                ip=ip,
+                hostname=hostname,
+                created_at=_from_db(created_at),
+                last_seen=_from_db(last_seen),
+                status=self._wstatus_back[status],
+                stale=bool(stale),
+                assignment_id=aid,
+                ended_at=_from_db(ended_at),
+                merged_into=merged,
+                hostname_seen=_from_db(hostname_seen),
+                contested=() if contested is None else json.loads(contested),
+                held_end=held_end,
+            )
+        except (KeyError, ValueError, InvalidInput) as exc:
+            raise StorageError(f"worker row {wid!r} cannot be read: {exc!r}") from exc
+
+    def assignment(self, row: Sequence[Any]) -> Assignment:
+        (aid, status, worker_id, started_at, ended_at) = row
+        try:
+            return Assignment(
+                id=aid,
+                status=self._astatus_back[status],
+                worker_id=worker_id,
+                started_at=_from_db(started_at),
+                ended_at=_from_db(ended_at),
+            )
+        except (KeyError, InvalidInput) as exc:
+            raise StorageError(f"assignment row {aid!r} cannot be read: {exc!r}") from exc
+
+    def worker_values(self, w: Worker) -> dict[str, Any]:
+        c = self.t.w
+        return {
+            c["id"].name: w.id,
+            c["ip"].name: w.ip,
+            c["hostname"].name: w.hostname,
+            c["created_at"].name: w.created_at,
+            c["last_seen"].name: w.last_seen,
+            c["status"].name: self._wstatus[w.status],
+            c["stale"].name: w.stale,
+            c["assignment_id"].name: w.assignment_id,
+            c["ended_at"].name: w.ended_at,
+            c["merged_into"].name: w.merged_into,
+            c["hostname_seen"].name: w.hostname_seen,
+            c["contested"].name: json.dumps(list(w.contested)) if w.contested else None,
+            c["held_end"].name: None if w.held_end is None else w.held_end.to_json(),
+        }
+
+    def assignment_values(self, a: Assignment) -> dict[str, Any]:
+        c = self.t.a
+        return {
+            c["id"].name: a.id,
+            c["status"].name: self._astatus[a.status],
+            c["worker_id"].name: a.worker_id,
+            c["started_at"].name: a.started_at,
+            c["ended_at"].name: a.ended_at,
+        }
+
+    def utc_now_sql(self) -> Any:
+        if self.backend == "postgresql":
+            return sa.text("(now() AT TIME ZONE 'UTC')")
+        if self.backend in ("mysql", "mariadb"):
+            return sa.text("UTC_TIMESTAMP(3)")
+        return sa.text("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+
+    def fault(self, cause: BaseException) -> str:
+        """Classify a driver exception: a conflict (the database rolled the transaction back;
+        run the unit again), transient (the connection or server failed; the request may
+        succeed later) or permanent."""
+        if self.backend == "postgresql":
+            state = getattr(cause, "sqlstate", None)
+            if state in PG_CONFLICT:
+                return CONFLICT
+            if state in PG_TRANSIENT or (isinstance(state, str) and state.startswith("08")):
+                return TRANSIENT
+        elif self.backend in ("mysql", "mariadb"):
+            args: tuple[Any, ...] = tuple(getattr(cause, "args", ()))
+            code = args[0] if args else None
+            if code in MY_CONFLICT:
+                return CONFLICT
+            if code in MY_TRANSIENT:
+                return TRANSIENT
+        else:
+            text = str(cause).lower()
+            if "database is locked" in text or "database is busy" in text:
+                return CONFLICT
+        try:
+            if isinstance(cause, self.dbapi_error) and self.dialect.is_disconnect(
+                cause,  # type: ignore[arg-type]  # the driver's own Error class
+                None,
+                None,
+            ):
+                return TRANSIENT
+        except Exception:  # pragma: no cover - a dialect that cannot tell
+            pass
+        return PERMANENT
+
+    def error(self, what: str, exc: BaseException, *, attempts: int | None = None) -> StorageError:
+        """The StorageError for a SQLAlchemy or driver exception raised while ``what``."""
+        cause = cause_of(exc)
+        return make_error(message(what, cause), self.fault(cause), attempts)
+
+    def guard(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, with a SQLAlchemy error turned into the StorageError for ``what``."""
+        try:
+            return fn()
+        except SQLAlchemyError as exc:
+            raise self.error(what, exc) from cause_of(exc)
+
+    def _driver_failure(
+        self, exc: BaseException, *, committing: bool
+    ) -> tuple[BaseException, str] | None:
+        """The driver's exception behind ``exc`` and a message, or ``None`` when ``exc`` is not
+        a database failure (the unit's own exception, or a StorageError of the library's)."""
+        if isinstance(exc, SQLAlchemyError):
+            cause = cause_of(exc)
+            return cause, message("committing" if committing else "running a unit", cause)
+        if isinstance(exc, StorageError) and isinstance(exc.__cause__, self.dbapi_error):
+            return exc.__cause__, str(exc)
+        return None
+
+    def failure(
+        self,
+        exc: BaseException,
+        *,
+        committing: bool,
+        attempt: int,
+        started: float,
+        policy: RetryPolicy,
+    ) -> Failure | None:
+        """What to do after run ``attempt`` of a unit the repository owns raised ``exc`` (and
+        was rolled back): ``None`` to let ``exc`` through unchanged.
+
+        A conflict runs the unit again after a back-off while ``policy`` allows, then gives a
+        :class:`TransientStorageError`; any other database failure is a :class:`StorageError`
+        at once (``retryable`` when the connection or the server failed, except during
+        ``COMMIT``, when the unit may or may not be stored) and discards the connection.
+        """
+        found = self._driver_failure(exc, committing=committing)
+        if found is None:
+            return None
+        cause, text = found
+        fault = self.fault(cause)
+        if fault == CONFLICT:
+            elapsed = policy.clock() - started
+            delay = policy.delay(attempt)
+            if attempt < policy.max_attempts and elapsed + delay <= policy.max_time:
+                return Failure(cause, pause=delay)
+            logger.warning(
+                "gave up after %d attempts in %.2f s of conflicts: %s", attempt, elapsed, text
+            )
+            return Failure(
+                cause,
+                error=TransientStorageError(
+                    f"{text} (gave up after {attempt} attempt{'s' if attempt != 1 else ''} in "
+                    f"{elapsed:.2f} s; the database kept reporting conflicts: retry later)",
+                    attempts=attempt,
+                ),
+            )
+        # The connection may be dead or half-way through something: never hand it back to the
+        # pool.
+        if committing and fault == TRANSIENT:
+            error = StorageError(
+                f"{text} (the connection failed during COMMIT: the unit may or may not have "
+                "been stored)",
+                retryable=False,
+                attempts=attempt,
+            )
+            return Failure(cause, error=error, invalidate=True)
+        return Failure(cause, error=make_error(text, fault, attempt), invalidate=True)
+
+    def caller_failure(self, exc: BaseException) -> Failure | None:
+        """What to raise after a unit on the caller's transaction raised ``exc``: ``None`` to
+        let ``exc`` through.  Nothing is retried, rolled back or discarded: a conflict or a
+        failed connection is a :class:`TransientStorageError` (roll the transaction back and
+        run it again), anything else a :class:`StorageError`."""
+        found = self._driver_failure(exc, committing=False)
+        if found is None:
+            return None
+        cause, text = found
+        if self.fault(cause) == PERMANENT:
+            return Failure(
+                cause, error=StorageError(f"{text} (in the caller's transaction)", attempts=1)
+            )
+        return Failure(
+            cause,
+            error=TransientStorageError(
+                f"{text} (in the caller's transaction: roll it back and run it again)",
+                attempts=1,
+            ),
+        )
+
+    def _build_statements(self) -> None:
+        """Every statement, built once with bound parameters (SQLAlchemy then compiles each
+        once per dialect and reuses it)."""
+        t, m = self.t, self.mapping
+        w, a = t.w, t.a
+        b = sa.bindparam
+        w_running = b("w_running", self._wstatus[WorkerStatus.RUNNING], type_=w["status"].type)
+        a_running = b("a_running", self._astatus[AssignmentStatus.RUNNING], type_=a["status"].type)
+        live = (w["stale"] == sa.false(), w["merged_into"].is_(None))
+        stale_or_old = sa.or_(w["stale"] == sa.true(), w["last_seen"] < b("before"))
+        wheres: dict[str, tuple[sa.ColumnElement[bool], ...]] = {
+            "by_id": (w["id"] == b("wid"),),
+            "by_ip": (w["ip"] == b("ip"), w["last_seen"] >= b("since"), *live),
+            "by_host": (w["hostname"] == b("host"), w["last_seen"] >= b("since"), *live),
+            "recent": (
+                w["status"] == w_running,
+                w["created_at"] >= b("created"),
+                w["last_seen"] >= b("since"),
+                *live,
+            ),
+            "stale_ip": (
+                w["ip"] == b("ip"),
+                w["status"] == w_running,
+                w["merged_into"].is_(None),
+                stale_or_old,
+            ),
+            "stale_host": (
+                w["hostname"] == b("host"),
+                w["status"] == w_running,
+                w["merged_into"].is_(None),
+                stale_or_old,
+            ),
+            "unflagged": (w["stale"] == sa.false(), w["last_seen"] < b("before")),
+            "all": (),
+        }
+        joined = t.workers.outerjoin(
+            t.assignments, sa.and_(a["worker_id"] == w["id"], a["status"] == a_running)
+        )
+        self._q_workers: dict[str, Any] = {
+            k: sa.select(*self._w_cols).where(*v) for k, v in wheres.items()
+        }
+        self._q_workers_joined: dict[str, Any] = {
+            k: sa.select(*self._w_cols, *self._a_cols).select_from(joined).where(*v)
+            for k, v in wheres.items()
+        }
+        # "Same IP or same hostname" is a UNION of two index lookups, each pinned to its index on
+        # SQLite: without statistics its planner otherwise picks the status index and reads every
+        # RUNNING worker.
+        quote = self.dialect.identifier_preparer.quote
+        ip_idx, host_idx = (quote(str(ix.name)) for ix in t.indexes[:2])
+        for q in (self._q_workers, self._q_workers_joined):
+            q["stale_ip"] = q["stale_ip"].with_hint(t.workers, f"INDEXED BY {ip_idx}", "sqlite")
+            q["stale_host"] = q["stale_host"].with_hint(
+                t.workers, f"INDEXED BY {host_idx}", "sqlite"
+            )
+            q["stale_ip_host"] = sa.union(q["stale_ip"], q.pop("stale_host"))
+        self._q_assignment = sa.select(*self._a_cols).where(a["id"] == b("aid"))
+        self._q_running_of = sa.select(*self._a_cols).where(
+            a["worker_id"].in_(b("ids", expanding=True)), a["status"] == a_running
+        )
+        self._q_all_assignments = sa.select(*self._a_cols)
+        touch_w = {} if m.worker_updated_at is None else {m.worker_updated_at: self.utc_now_sql()}
+        touch_a = (
+            {} if m.assignment_updated_at is None else {m.assignment_updated_at: self.utc_now_sql()}
+        )
+        self._ins_worker = sa.insert(t.workers).values(touch_w)
+        self._upd_worker = sa.update(t.workers).where(w["id"] == b("_key")).values(touch_w)
+        self._ins_assignment = sa.insert(t.assignments).values(touch_a)
+        self._upd_assignment = sa.update(t.assignments).where(a["id"] == b("_key")).values(touch_a)
+
+        # The same statements compiled once for this engine's dialect, run on the driver's own
+        # cursor (see _raw).
+        d = self.dialect
+        self._r_workers = {k: Raw(q, d) for k, q in self._q_workers.items()}
+        self._r_workers_joined = {k: Raw(q, d) for k, q in self._q_workers_joined.items()}
+        self._r_assignment = Raw(self._q_assignment, d)
+        self._r_all_assignments = Raw(self._q_all_assignments, d)
+        w_keys = [c.name for c in self._w_cols]
+        a_keys = [c.name for c in self._a_cols]
+        self._r_ins_worker = Raw(self._ins_worker, d, [*w_keys, *m.worker_defaults])
+        self._r_upd_worker = Raw(self._upd_worker, d, w_keys[1:])
+        self._r_ins_assignment = Raw(self._ins_assignment, d, [*a_keys, *m.assignment_defaults])
+        self._r_upd_assignment = Raw(self._upd_assignment, d, a_keys[1:])
+
+
+class _SQLiteHintingCompiler(SQLiteCompiler):
+    """SQLite's statement compiler, emitting a table's ``with_hint`` text after its name (where
+    SQLite's ``INDEXED BY`` goes); SQLAlchemy's own drops it."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
+class Raw:
+    """A statement compiled once for one dialect: its SQL text, and how to pass parameters."""
+
+    __slots__ = ("defaults", "escape", "positional", "sql")
+
+    def __init__(
+        self, stmt: Any, dialect: sa.Dialect, column_keys: list[str] | None = None
+    ) -> None:
+        compiled: Any
+        if dialect.name == "sqlite":
+            # SQLAlchemy's SQLite compiler drops table hints; ours emits them (INDEXED BY).
+            compiled = _SQLiteHintingCompiler(dialect, stmt, column_keys=column_keys)
+        else:
+            compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        self.sql: str = str(compiled)
+        self.positional: list[str] | None = (
+            list(compiled.positiontup) if compiled.positiontup is not None else None
+        )
+        self.escape: dict[str, str] = dict(compiled.escaped_bind_names or {})
+        self.defaults: dict[str, Any] = dict(compiled.construct_params(_check=False))
+
+    def params(self, given: dict[str, Any], convert: Callable[[Any], Any]) -> Any:
+        values = dict(self.defaults)
+        for key, value in given.items():
+            values[self.escape.get(key, key)] = convert(value)
+        if self.positional is None:
+            return values
+        return tuple(values[name] for name in self.positional)
+
+
+def _naive_utc(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _sqlite_time(value: Any) -> Any:
+    """SQLAlchemy's SQLite text form of a time (fixed width, so text order is time order)."""
+    if isinstance(value, datetime):
+        v = _naive_utc(value)
+        return (
+            f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:"
+            f"{v.second:02d}.{v.microsecond:06d}"
+        )
+    return value
+
+
+def _from_db(value: Any) -> datetime | None:
+    """A time as the driver returns it (SQLite: text) -> aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
+    return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+
+def sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """Write-ahead logging: readers never block the writer, and a commit costs one sync."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.close()
+
+
+def configure_sqlite(engine: Engine) -> None:
+    """Make every transaction ``BEGIN IMMEDIATE`` and enforce foreign keys."""
+    if getattr(engine, "_workermatch_configured", False):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver must not BEGIN on its own
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine._workermatch_configured = True  # type: ignore[attr-defined]
+
+
+def cause_of(exc: BaseException) -> BaseException:
+    """The driver's exception behind a SQLAlchemy one."""
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, BaseException):
+        return exc.orig
+    return exc
+
+
+def sqlite_collations(create_table: str) -> dict[str, str]:
+    """Column -> the collation its definition names (``COLLATE x``), from SQLite's ``CREATE
+    TABLE`` text (columns without one compare with ``BINARY``)."""
+    start, end = create_table.find("("), create_table.rfind(")")
+    if start < 0 or end < start:
+        return {}
+    out: dict[str, str] = {}
+    depth, part, parts = 0, "", []
+    for ch in create_table[start + 1 : end]:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(part)
+            part = ""
+        else:
+            part += ch
+    parts.append(part)
+    for definition in parts:
+        m = re.match(r'\s*(?:"((?:[^"]|"")+)"|`([^`]+)`|\[([^\]]+)\]|(\w+))', definition)
+        if m is None:
+            continue
+        name = next(g for g in m.groups() if g is not None).replace('""', '"')
+        coll = re.search(r'\bCOLLATE\s+"?(\w+)"?', definition, re.IGNORECASE)
+        if coll is not None:
+            out[name] = coll.group(1)
+    return out
+
+
+def message(what: str, cause: BaseException) -> str:
+    return f"the database failed while {what}: {type(cause).__name__}: {cause}"
+
+
+def make_error(message: str, fault: str, attempts: int | None) -> StorageError:
+    if fault == PERMANENT:
+        return StorageError(message, attempts=attempts)
+    return TransientStorageError(message, attempts=attempts)
+
+
+def quiet_rollback(conn: Connection) -> None:
+    with contextlib.suppress(Exception):
+        conn.rollback()
