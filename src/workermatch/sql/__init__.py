@@ -19,7 +19,7 @@ from __future__ import annotations
 from ._ddl import schema_ddl
 from ._mapping import DEFAULT_MAPPING, PRISMA_MAPPING, TableMapping
 from ._repository import SQLITE_BUSY_TIMEOUT, SQLWorkerRepository, normalize_url
-from ._retry import DEFAULT_RETRY, RetryPolicy
+from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._tables import UTCDateTime
 
 __all__ = [

@@ -44,7 +44,7 @@ from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_i
 from .._observe import logger
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from ._mapping import DEFAULT_MAPPING, TableMapping
-from ._retry import DEFAULT_RETRY, RetryPolicy
+from .._retry import DEFAULT_RETRY, PG_CONFLICT, PG_TRANSIENT, RetryPolicy
 from ._tables import Tables, build_tables
 
 __all__ = ["SQLWorkerRepository", "normalize_url"]
@@ -60,11 +60,6 @@ _CONFLICT = "conflict"  # rolled back by the database; running the unit again is
 _TRANSIENT = "transient"  # the connection or the server failed; the request may succeed later
 _PERMANENT = "permanent"  # fails the same way until someone changes something
 
-# PostgreSQL SQLSTATEs: serialisation failure, deadlock, lock timeout (lock_not_available).
-_PG_CONFLICT = frozenset({"40001", "40P01", "55P03"})
-# Out of memory, too many connections, admin / crash shutdown, cannot connect now.  (Disk full,
-# 53100, is left permanent: it does not go away by itself within a retry.)
-_PG_TRANSIENT = frozenset({"53200", "53300", "57P01", "57P02", "57P03"})
 # MariaDB / MySQL error numbers: deadlock, lock wait timeout.
 _MY_CONFLICT = frozenset({1213, 1205})
 # Too many connections, server shutdown, connection killed (MariaDB), can't connect, server
@@ -938,9 +933,9 @@ class SQLWorkerRepository:
         succeed later) or permanent."""
         if self._backend == "postgresql":
             state = getattr(cause, "sqlstate", None)
-            if state in _PG_CONFLICT:
+            if state in PG_CONFLICT:
                 return _CONFLICT
-            if state in _PG_TRANSIENT or (isinstance(state, str) and state.startswith("08")):
+            if state in PG_TRANSIENT or (isinstance(state, str) and state.startswith("08")):
                 return _TRANSIENT
         elif self._backend in ("mysql", "mariadb"):
             args: tuple[Any, ...] = tuple(getattr(cause, "args", ()))
