@@ -43,8 +43,8 @@ from .._errors import InvalidInput, StorageError, TransientStorageError
 from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
 from .._observe import logger
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
-from ._mapping import DEFAULT_MAPPING, TableMapping
 from .._retry import DEFAULT_RETRY, PG_CONFLICT, PG_TRANSIENT, RetryPolicy
+from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._tables import Tables, build_tables
 
 __all__ = ["SQLWorkerRepository", "normalize_url"]
