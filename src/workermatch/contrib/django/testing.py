@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -57,7 +57,7 @@ def close_thread_connection(using: str = DEFAULT_DB_ALIAS) -> None:
     you started in a test (Django opens one connection per thread and closes only the test
     thread's).  An in-memory SQLite test database, which Django never closes, is closed too:
     the test thread's own connection keeps it alive."""
-    connection = connections[using]
+    connection: Any = connections[using]
     if connection.vendor == "sqlite" and connection.is_in_memory_db():
         raw = connection.connection
         if raw is not None:
