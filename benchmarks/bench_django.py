@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import platform
 import sys
 import time
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{connection.vendor}, {args.workers} workers, {args.decisions} decisions per "
         f"measurement, best of {args.rounds}; Python {platform.python_version()}, "
-        f"Django {django.get_version()}"
+        f"Django {django.get_version()}; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
     print()
     print("| path | store | decisions/s | client CPU per decision |")

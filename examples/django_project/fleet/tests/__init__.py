@@ -8,8 +8,6 @@ Run them with the project's ``python -m pytest`` (pytest-django), or from this f
 
 from __future__ import annotations
 
-import unittest
-
 from django.db import connections
 
 #: The reason of every skip for a missing PostgreSQL server; the suite turns such a skip into a
@@ -20,6 +18,3 @@ NO_SERVER = "PostgreSQL needs a database server: set WORKERMATCH_TEST_POSTGRESQL
 def on_postgresql() -> bool:
     """Whether the ``default`` database is PostgreSQL."""
     return connections["default"].vendor == "postgresql"
-
-
-needs_postgresql = unittest.skipUnless(on_postgresql(), NO_SERVER)
