@@ -163,7 +163,9 @@ def test_kit_fails_a_broken_repository(pytester: pytest.Pytester, case: str) -> 
     # The state machine and the stream comparison would catch most of these too, but slowly;
     # each case runs the kit tests that name its fault.
     selection = " or ".join(must_fail)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-q", "-k", selection)
+    # In process: pytest-django stays out of the inner run (the outer one may have set up
+    # Django for examples/django_project, and its test environment can be set up only once).
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:django", "-q", "-k", selection)
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == len(must_fail), result.stdout.str()
     for name in must_fail:

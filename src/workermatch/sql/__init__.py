@@ -19,11 +19,11 @@ Prisma schema as :data:`PRISMA_MAPPING`), and how each database keeps decisions 
 
 from __future__ import annotations
 
+from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._async import AsyncSQLWorkerRepository, normalize_async_url
 from ._ddl import schema_ddl
 from ._mapping import DEFAULT_MAPPING, PRISMA_MAPPING, TableMapping
 from ._repository import SQLITE_BUSY_TIMEOUT, SQLWorkerRepository, normalize_url
-from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._tables import UTCDateTime
 
 __all__ = [

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
 from .._protocol import Write
+from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
     Core,
     Unit,
@@ -41,7 +42,6 @@ from ._core import (
 )
 from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._repository import _uuid_ids, check_backend, check_settings
-from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._tables import Tables
 
 if TYPE_CHECKING:

@@ -33,8 +33,8 @@ from .._errors import InvalidInput, StorageError, TransientStorageError
 from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
 from .._observe import logger
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+from .._retry import PG_CONFLICT, PG_TRANSIENT, RetryPolicy
 from ._mapping import TableMapping
-from ._retry import RetryPolicy
 from ._tables import Tables, build_tables
 
 T = TypeVar("T")
@@ -50,13 +50,6 @@ CONFLICT = "conflict"  # rolled back by the database; running the unit again is 
 TRANSIENT = "transient"  # the connection or the server failed; the request may succeed later
 PERMANENT = "permanent"  # fails the same way until someone changes something
 
-# PostgreSQL SQLSTATEs: serialisation failure, deadlock, lock timeout (lock_not_available), and
-# out of memory (53200: under SERIALIZABLE, "out of shared memory" when the predicate locks of
-# concurrent transactions fill their table; it goes away when they end).
-PG_CONFLICT = frozenset({"40001", "40P01", "55P03", "53200"})
-# Too many connections, admin / crash shutdown, cannot connect now.  (Disk full, 53100, is left
-# permanent: it does not go away by itself within a retry.)
-PG_TRANSIENT = frozenset({"53300", "57P01", "57P02", "57P03"})
 # MariaDB / MySQL error numbers: deadlock, lock wait timeout.
 MY_CONFLICT = frozenset({1213, 1205})
 # Too many connections, server shutdown, connection killed (MariaDB), can't connect, server

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
 from .._protocol import Write
+from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
     BACKENDS,
     SQLITE_BUSY_TIMEOUT,
@@ -56,7 +57,6 @@ from ._core import (
     engine_options as build_engine_options,
 )
 from ._mapping import DEFAULT_MAPPING, TableMapping
-from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._tables import Tables
 
 __all__ = ["SQLITE_BUSY_TIMEOUT", "SQLWorkerRepository", "normalize_url"]

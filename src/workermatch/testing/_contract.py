@@ -190,7 +190,8 @@ class RepositoryContract(Generic[R]):
     own methods are what is tested.  Rows are given in an order that respects references
     (``merged_into`` and assignment holders name workers of the same call).
 
-    Optional: ``close_repository`` to release a repository, ``policies`` to choose the policies
+    Optional: ``close_repository`` to release a repository, ``end_thread`` to release what a
+    thread the kit started holds (its connection), ``policies`` to choose the policies
     the event streams run under, ``max_examples`` to cap Hypothesis examples for a slow store
     (``None``: the active Hypothesis profile decides), ``state_machine_settings``.
     """
@@ -221,6 +222,11 @@ class RepositoryContract(Generic[R]):
 
     def close_repository(self, repository: R) -> None:
         """Release a repository the kit made (default: nothing to do)."""
+
+    def end_thread(self, repository: R) -> None:
+        """Called in each thread the kit starts, when that thread is done with ``repository``
+        (default: nothing to do): release what the thread holds, such as a per-thread
+        connection (Django's connections are per thread)."""
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -497,6 +503,8 @@ class RepositoryContract(Generic[R]):
                     )
                 except BaseException as exc:  # pragma: no cover - reported below
                     errors.append(exc)
+                finally:
+                    self.end_thread(repo)
 
             threads = [threading.Thread(target=send) for _ in range(2)]
             for t in threads:

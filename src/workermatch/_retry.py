@@ -1,5 +1,6 @@
-"""How the SQL repository runs a unit again after a transient conflict: jittered exponential
-back-off, bounded in attempts and in time."""
+"""How a database repository runs a unit again after a transient conflict: jittered exponential
+back-off, bounded in attempts and in time.  Shared by the SQL repository (``workermatch.sql``)
+and the Django one (``workermatch.contrib.django``); imports no database library."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ from typing import Any
 
 import attrs
 
-from .._errors import InvalidInput
+from ._errors import InvalidInput
 
-__all__ = ["DEFAULT_RETRY", "RetryPolicy"]
+__all__ = ["DEFAULT_RETRY", "PG_CONFLICT", "PG_TRANSIENT", "RetryPolicy"]
+
+#: PostgreSQL SQLSTATEs of a conflict: serialisation failure, deadlock, lock timeout
+#: (lock_not_available), and out of memory (53200: under SERIALIZABLE, "out of shared memory"
+#: when the predicate locks of concurrent transactions fill their table; it goes away when they
+#: end).  The database rolled the unit back; running it again is safe.
+PG_CONFLICT = frozenset({"40001", "40P01", "55P03", "53200"})
+#: PostgreSQL SQLSTATEs of a transient fault (besides class 08, connection exceptions): too many
+#: connections, admin / crash shutdown, cannot connect now.  (Disk full, 53100, is left
+#: permanent: it does not go away by itself within a retry.)
+PG_TRANSIENT = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 def _positive_int(_: object, attribute: attrs.Attribute[int], value: object) -> None:
@@ -40,7 +51,8 @@ def _non_negative(_: object, attribute: attrs.Attribute[float], value: object) -
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """When :meth:`~workermatch.sql.SQLWorkerRepository.atomically` runs a unit again.
+    """When :meth:`~workermatch.sql.SQLWorkerRepository.atomically` (or the Django repository's
+    ``atomically``, when it owns the transaction) runs a unit again.
 
     A unit that fails with a *conflict* (PostgreSQL serialisation failure ``40001``, deadlock
     ``40P01``, lock timeout ``55P03`` or out of (predicate lock) memory ``53200``; MariaDB

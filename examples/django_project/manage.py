@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Django's command-line utility for the example project: ``python manage.py migrate``,
+``python manage.py runserver``, ``python manage.py test fleet``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
