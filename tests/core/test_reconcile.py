@@ -369,9 +369,7 @@ def test_a_finished_that_names_its_assignment_ends_that_one_alone() -> None:
     apply(repo, later, wm.Event.claim("10.0.0.2", "A2"))
     took = apply(repo, later + 10, wm.Event.heartbeat("10.0.0.2", hostname=HOST))
     assert took.transferred == ("A1",)
-    done = apply(
-        repo, later + 100, wm.Event.gui_update("10.0.0.2", "finished", assignment_id="A2")
-    )
+    done = apply(repo, later + 100, wm.Event.gui_update("10.0.0.2", "finished", assignment_id="A2"))
     assert done.ended == ("A2",)
     assert "left A1 RUNNING" in done.explain()
     a1 = repo.get_assignment("A1")
