@@ -1,7 +1,7 @@
 """SQL repositories on SQLAlchemy 2: SQLite, PostgreSQL (psycopg 3) and MariaDB (PyMySQL).
 
-Install with ``pip install workermatch[sql]`` (SQLite), ``workermatch[postgresql]`` or
-``workermatch[mysql]``.  The package root never imports this module.
+Install the ``sql`` extra (SQLite), or ``postgresql`` or ``mysql`` for a server: from a
+checkout, ``python -m pip install '.[sql]'``.  The package root never imports this module.
 
 >>> from workermatch.sql import SQLWorkerRepository
 >>> repo = SQLWorkerRepository.from_url("sqlite://")
