@@ -247,4 +247,9 @@ def test_the_project_urls_are_declared() -> None:
     import importlib.metadata
 
     urls = importlib.metadata.metadata("workermatch").get_all("Project-URL") or []
-    assert {u.split(",", 1)[0] for u in urls} == {"Homepage", "Documentation", "Changelog", "Issues"}
+    assert {u.split(",", 1)[0] for u in urls} == {
+        "Homepage",
+        "Documentation",
+        "Changelog",
+        "Issues",
+    }

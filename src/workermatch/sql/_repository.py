@@ -41,7 +41,7 @@ from sqlalchemy.pool import StaticPool
 
 from .._errors import InvalidInput, StorageError, TransientStorageError
 from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
-from .._observe import logger
+from .._observe import gave_up, retried
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._retry import DEFAULT_RETRY, RetryPolicy
@@ -753,12 +753,7 @@ class SQLWorkerRepository:
                             if attempt < policy.max_attempts and elapsed + delay <= policy.max_time:
                                 pause = delay
                             else:
-                                logger.warning(
-                                    "gave up after %d attempts in %.2f s of conflicts: %s",
-                                    attempt,
-                                    elapsed,
-                                    message,
-                                )
+                                gave_up(attempt, elapsed, message)
                                 raise TransientStorageError(
                                     f"{message} (gave up after {attempt} attempt"
                                     f"{'s' if attempt != 1 else ''} in {elapsed:.2f} s; the "
@@ -786,6 +781,7 @@ class SQLWorkerRepository:
                 assert pause is not None
                 with self._retries_lock:
                     self._retries += 1
+                retried(self._backend)
                 policy.sleep(pause)
 
     # -- internals -------------------------------------------------------------------------------
