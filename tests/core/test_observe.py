@@ -172,9 +172,12 @@ def test_exhausted_storage_retries_are_a_warning(
     other.execute("BEGIN IMMEDIATE")
     retry = sql.RetryPolicy(max_attempts=3, sleep=lambda _: None)
     try:
-        with sql.SQLWorkerRepository.from_url(
-            f"sqlite:///{path}", retry=retry, connect_args={"timeout": 0.01}
-        ) as repo, pytest.raises(wm.TransientStorageError):
+        with (
+            sql.SQLWorkerRepository.from_url(
+                f"sqlite:///{path}", retry=retry, connect_args={"timeout": 0.01}
+            ) as repo,
+            pytest.raises(wm.TransientStorageError),
+        ):
             wm.apply_event(wm.Event.heartbeat("10.0.0.1"), T0, repo)
     finally:
         other.close()
