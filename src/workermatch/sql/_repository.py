@@ -45,7 +45,8 @@ from .._observe import gave_up, retried
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._retry import DEFAULT_RETRY, RetryPolicy
-from ._tables import Tables, build_tables
+from ._check import missing_indexes, schema_defects
+from ._tables import Tables, build_tables, changed_fields
 
 __all__ = ["SQLWorkerRepository", "normalize_url"]
 
@@ -110,6 +111,9 @@ class _Unit(threading.local):
     conn: Connection | None = None
     # worker id -> its RUNNING assignments, filled by the worker queries of this unit
     running: dict[str, list[Assignment]] | None = None
+    # ("w" or "a", id) -> the row as this unit last read or wrote it: an update writes only
+    # the columns that differ from it
+    seen: dict[tuple[str, str], Any] | None = None
 
 
 class SQLWorkerRepository:
@@ -158,7 +162,7 @@ class SQLWorkerRepository:
         self._retries = 0
         self._retries_lock = threading.Lock()
         self.mapping = mapping
-        self._t: Tables = build_tables(mapping)
+        self._t: Tables = build_tables(mapping, self._backend)
         self._id_factory = id_factory or _uuid_ids
         self._unit = _Unit()
         # SQLite: one writer at a time anyway; threads of this process queue here instead of
@@ -270,66 +274,47 @@ class SQLWorkerRepository:
                 self._add_missing(conn, sa.inspect(conn), _ADDED_SINCE_0_1)
             else:
                 self._add_columns(conn, insp)
-            insp = sa.inspect(conn)
-            for index in self._t.indexes:
-                table = index.table
-                assert table is not None
-                names = {
-                    ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)
-                }
-                if index.name not in names:
-                    index.create(conn)
-            self._check_collations(conn)
+            for index in missing_indexes(sa.inspect(conn), self._t):
+                index.create(conn)
+            self._raise_defects(conn, create_assignments=False)
 
         self._ddl(run)
 
-    def check_schema(self) -> None:
-        """Check, without changing anything, that the mapped tables and columns exist and that
-        every id and hostname column compares exactly.
+    def check_schema(self, *, create_assignments: bool = False) -> None:
+        """Check, without changing anything, that the mapped tables are what the library needs,
+        and raise one :class:`~workermatch.StorageError` that lists every defect found: a
+        missing table, column or index; a column of the wrong type (a text id where the
+        mapping says ``integer``, an ``inet`` address the mapping does not declare, times in a
+        column that holds no times, ...); a ``NOT NULL`` column without a default that the
+        library would not fill when it inserts a worker (with ``create_assignments=True``, an
+        assignment too, as replays do); an id or hostname column whose collation makes two
+        different values equal.  Call it at start-up.
 
-        A column whose collation makes two different ids or hostnames equal (on MariaDB /
-        MySQL any collation but a binary one, such as the default ``utf8mb4_general_ci`` or
-        ``utf8mb4_uca1400_ai_ci``; on PostgreSQL a nondeterministic collation; on SQLite
-        ``NOCASE`` or ``RTRIM``) would make the store decide differently from the reference
-        (a claim of ``a1`` refused because ``A1`` runs): a
-        :class:`~workermatch.StorageError` naming the table, the column and the collation.
+        Such a collation (on MariaDB / MySQL any collation but a binary one, such as the
+        default ``utf8mb4_general_ci`` or ``utf8mb4_uca1400_ai_ci``; on PostgreSQL a
+        nondeterministic collation; on SQLite ``NOCASE`` or ``RTRIM``) would make the store
+        decide differently from the reference (a claim of ``a1`` refused because ``A1`` runs):
+        the message names the table, the column and the collation.
         """
+        self._ddl(lambda conn: self._raise_defects(conn, create_assignments=create_assignments))
 
-        def run(conn: Connection) -> None:
-            insp = sa.inspect(conn)
-            schema = self.mapping.schema
-            for table, wanted in (
-                (self._t.workers, self._t.w.values()),
-                (self._t.assignments, self._t.a.values()),
-            ):
-                if not insp.has_table(table.name, schema=schema):
-                    raise StorageError(f"table {table.fullname!r} does not exist")
-                have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
-                missing = [c.name for c in wanted if c.name not in have]
-                if missing:
-                    raise StorageError(
-                        f"table {table.fullname!r} has no column(s) {', '.join(missing)}; "
-                        "check the mapping or run create_schema()"
-                    )
-            self._check_collations(conn)
-
-        self._ddl(run)
-
-    def _check_collations(self, conn: Connection) -> None:
-        found = self._collations(conn)
-        for col in self._t.exact:
-            table = col.table
-            collation = found.get((table.name, col.name))
-            if collation is None or collation[1]:
-                continue
-            fix = {
-                "postgresql": 'a deterministic collation (the database default, or "C")',
-                "sqlite": "the default BINARY collation",
-            }.get(self._backend, "a binary collation, utf8mb4_bin")
+    def _raise_defects(self, conn: Connection, *, create_assignments: bool) -> None:
+        insp = sa.inspect(conn)
+        schema = self.mapping.schema
+        tables = [self._t.workers.name, self._t.assignments.name]
+        exists = all(insp.has_table(name, schema=schema) for name in tables)
+        defects = schema_defects(
+            conn,
+            self._t,
+            self._backend,
+            self._collations(conn) if exists else None,
+            create_assignments=create_assignments,
+        )
+        if defects:
+            listed = "".join(f"\n  - {d}" for d in defects)
             raise StorageError(
-                f"column {col.name!r} of table {table.name!r} uses collation "
-                f"{collation[0]!r}, which compares different ids or hostnames as equal (case, "
-                f"accents, width or Unicode normalisation ignored); give it {fix}"
+                f"the tables do not fit the mapping ({len(defects)} defect"
+                f"{'s' if len(defects) != 1 else ''}):{listed}"
             )
 
     def _collations(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
@@ -492,6 +477,8 @@ class SQLWorkerRepository:
 
     def get_worker(self, worker_id: str) -> Worker | None:
         check_id(worker_id, "worker_id")
+        if not self._t.storable_worker_id(worker_id):
+            return None  # no row of an integer or uuid column has such an id
         found = self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
@@ -514,6 +501,8 @@ class SQLWorkerRepository:
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
         check_id(assignment_id, "assignment_id")
+        if not self._t.storable_assignment_id(assignment_id):
+            return None
 
         def run() -> Assignment | None:
             rows = self._raw(self._r_assignment, {"aid": assignment_id})
@@ -552,7 +541,7 @@ class SQLWorkerRepository:
         )
 
     def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
-        ids = list(dict.fromkeys(worker_ids))
+        ids = [i for i in dict.fromkeys(worker_ids) if self._t.storable_worker_id(i)]
         cache = self._unit.running
         if cache is not None and all(i in cache for i in ids):
             return [a for i in ids for a in cache[i]]
@@ -591,28 +580,48 @@ class SQLWorkerRepository:
     def _write(self, ops: list[Write]) -> None:
         self._unit.running = None  # the cache no longer describes the store
         m = self.mapping
-        wid, aid = self._t.w["id"].name, self._t.a["id"].name
+        seen = self._unit.seen
         for op in ops:
+            problem = self._t.unstorable(op)
+            if problem is not None:
+                raise InvalidInput(f"{problem} (see the mapping's worker_types / assignment_types)")
             if isinstance(op, InsertWorker):
                 values = self._worker_values(op.worker)
                 values.update(m.worker_defaults)
                 self._raw(self._r_ins_worker, values, fetch=False)
-            elif isinstance(op, UpdateWorker):
-                values = self._worker_values(op.worker)
-                values["_key"] = values.pop(wid)
-                if self._raw(self._r_upd_worker, values, fetch=False) != 1:
-                    raise StorageError(f"worker {op.worker.id!r} does not exist")
             elif isinstance(op, InsertAssignment):
                 values = self._assignment_values(op.assignment)
                 values.update(m.assignment_defaults)
                 self._raw(self._r_ins_assignment, values, fetch=False)
-            elif isinstance(op, UpdateAssignment):
-                values = self._assignment_values(op.assignment)
-                values["_key"] = values.pop(aid)
-                if self._raw(self._r_upd_assignment, values, fetch=False) != 1:
-                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
-            else:  # pragma: no cover - guarded by the type checker
-                raise StorageError(f"unknown write operation {op!r}")
+            else:
+                self._update(op, seen)
+            if seen is not None:
+                if isinstance(op, (InsertWorker, UpdateWorker)):
+                    seen[("w", op.worker.id)] = op.worker
+                else:
+                    seen[("a", op.assignment.id)] = op.assignment
+
+    def _update(self, op: UpdateWorker | UpdateAssignment, seen: dict[Any, Any] | None) -> None:
+        """Write the columns of ``op``'s row that differ from the row as this unit read it (all
+        but the id and ``created_at`` when it was not read): never a column whose value the
+        decision did not change."""
+        row: Worker | Assignment
+        if isinstance(op, UpdateWorker):
+            key, row, what = ("w", op.worker.id), op.worker, "worker"
+            cols, values = self._t.w, self._worker_values(op.worker)
+        else:
+            key, row, what = ("a", op.assignment.id), op.assignment, "assignment"
+            cols, values = self._t.a, self._assignment_values(op.assignment)
+        fields = changed_fields(None if seen is None else seen.get(key), row, tuple(cols))
+        if not fields:
+            return  # nothing changed (the row was read in this unit, so it exists)
+        stmt = self._r_updates.get((what, fields))
+        if stmt is None:
+            stmt = self._r_updates[(what, fields)] = self._update_statement(what, fields)
+        params = {cols[f].name: values[cols[f].name] for f in fields}
+        params["_key"] = row.id
+        if self._raw(stmt, params, fetch=False) != 1:
+            raise StorageError(f"{what} {row.id!r} does not exist")
 
     def _build_statements(self) -> None:
         """Every statement, built once with bound parameters (SQLAlchemy then compiles each
@@ -627,7 +636,7 @@ class SQLWorkerRepository:
         wheres: dict[str, tuple[sa.ColumnElement[bool], ...]] = {
             "by_id": (w["id"] == b("wid"),),
             "by_ip": (w["ip"] == b("ip"), w["last_seen"] >= b("since"), *live),
-            "by_host": (w["hostname"] == b("host"), w["last_seen"] >= b("since"), *live),
+            "by_host": (t.hostname_key == b("host"), w["last_seen"] >= b("since"), *live),
             "recent": (
                 w["status"] == w_running,
                 w["created_at"] >= b("created"),
@@ -641,7 +650,7 @@ class SQLWorkerRepository:
                 stale_or_old,
             ),
             "stale_host": (
-                w["hostname"] == b("host"),
+                t.hostname_key == b("host"),
                 w["status"] == w_running,
                 w["merged_into"].is_(None),
                 stale_or_old,
@@ -685,6 +694,8 @@ class SQLWorkerRepository:
         self._upd_worker = sa.update(t.workers).where(w["id"] == b("_key")).values(touch_w)
         self._ins_assignment = sa.insert(t.assignments).values(touch_a)
         self._upd_assignment = sa.update(t.assignments).where(a["id"] == b("_key")).values(touch_a)
+        # Updates are compiled per set of changed columns, on first use (see _update).
+        self._r_updates: dict[tuple[str, tuple[str, ...]], _Raw] = {}
 
         # The same statements compiled once for this engine's dialect, run on the driver's own
         # cursor (see _raw).
@@ -696,9 +707,13 @@ class SQLWorkerRepository:
         w_keys = [c.name for c in self._w_cols]
         a_keys = [c.name for c in self._a_cols]
         self._r_ins_worker = _Raw(self._ins_worker, d, [*w_keys, *m.worker_defaults])
-        self._r_upd_worker = _Raw(self._upd_worker, d, w_keys[1:])
         self._r_ins_assignment = _Raw(self._ins_assignment, d, [*a_keys, *m.assignment_defaults])
-        self._r_upd_assignment = _Raw(self._upd_assignment, d, a_keys[1:])
+
+    def _update_statement(self, what: str, fields: tuple[str, ...]) -> _Raw:
+        stmt, cols = (
+            (self._upd_worker, self._t.w) if what == "worker" else (self._upd_assignment, self._t.a)
+        )
+        return _Raw(stmt, self.engine.dialect, [cols[f].name for f in fields])
 
     def atomically(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one transaction and return its result (a unit already running in this
@@ -724,7 +739,7 @@ class SQLWorkerRepository:
                     conn = self.engine.connect()
                 except SQLAlchemyError as exc:
                     raise self._error("connecting", exc, attempts=attempt) from _cause(exc)
-                unit.conn, unit.running = conn, {}
+                unit.conn, unit.running, unit.seen = conn, {}, {}
                 pause: float | None = None
                 try:
                     committing = False
@@ -774,7 +789,7 @@ class SQLWorkerRepository:
                                 ) from cause
                             raise _make_error(message, fault, attempt) from cause
                 finally:
-                    unit.conn, unit.running = None, None
+                    unit.conn, unit.running, unit.seen = None, None, None
                     with contextlib.suppress(Exception):
                         conn.close()
                 # A conflict: the connection is back in the pool while we wait.
@@ -862,7 +877,7 @@ class SQLWorkerRepository:
         (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row[:10]
         hostname_seen, contested, held_end = row[10:13]
         try:
-            return Worker(
+            worker = Worker(
                 id=wid,
                 ip=ip,
                 hostname=hostname,
@@ -879,11 +894,14 @@ class SQLWorkerRepository:
             )
         except (KeyError, ValueError, InvalidInput) as exc:
             raise StorageError(f"worker row {wid!r} cannot be read: {exc!r}") from exc
+        if self._unit.seen is not None:
+            self._unit.seen[("w", worker.id)] = worker
+        return worker
 
     def _assignment(self, row: Sequence[Any]) -> Assignment:
         (aid, status, worker_id, started_at, ended_at) = row
         try:
-            return Assignment(
+            assignment = Assignment(
                 id=aid,
                 status=self._astatus_back[status],
                 worker_id=worker_id,
@@ -892,6 +910,9 @@ class SQLWorkerRepository:
             )
         except (KeyError, InvalidInput) as exc:
             raise StorageError(f"assignment row {aid!r} cannot be read: {exc!r}") from exc
+        if self._unit.seen is not None:
+            self._unit.seen[("a", assignment.id)] = assignment
+        return assignment
 
     def _worker_values(self, w: Worker) -> dict[str, Any]:
         c = self._t.w
@@ -977,7 +998,7 @@ class _SQLiteHintingCompiler(SQLiteCompiler):
 class _Raw:
     """A statement compiled once for one dialect: its SQL text, and how to pass parameters."""
 
-    __slots__ = ("defaults", "escape", "positional", "sql")
+    __slots__ = ("binders", "defaults", "escape", "positional", "sql")
 
     def __init__(
         self, stmt: Any, dialect: sa.Dialect, column_keys: list[str] | None = None
@@ -994,11 +1015,21 @@ class _Raw:
         )
         self.escape: dict[str, str] = dict(compiled.escaped_bind_names or {})
         self.defaults: dict[str, Any] = dict(compiled.construct_params(_check=False))
+        # Columns whose values the driver takes otherwise than the repository's default
+        # conversion (integer ids, timestamptz): the column type says how.
+        self.binders: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            binder = getattr(bind.type, "raw_binder", None)
+            fn = binder(dialect) if binder is not None else None
+            if fn is not None:
+                self.binders[self.escape.get(name, name)] = fn
 
     def params(self, given: dict[str, Any], convert: Callable[[Any], Any]) -> Any:
         values = dict(self.defaults)
+        binders = self.binders
         for key, value in given.items():
-            values[self.escape.get(key, key)] = convert(value)
+            name = self.escape.get(key, key)
+            values[name] = binders[name](value) if name in binders else convert(value)
         if self.positional is None:
             return values
         return tuple(values[name] for name in self.positional)
