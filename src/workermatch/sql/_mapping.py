@@ -209,7 +209,9 @@ class TableMapping:
     * ``owns_tables``: whether :meth:`~workermatch.sql.SQLWorkerRepository.create_schema`
       creates the tables.  With ``False`` (someone else's tables) it only adds the columns
       listed in ``added_worker_columns`` (nullable) and the indexes, and
-      ``drop_schema`` only removes those.
+      ``drop_schema`` only removes those.  On such tables (PostgreSQL, SQLite) hostnames are
+      compared as ``lower(hostname)``, so rows the other system wrote in capitals are found;
+      their spelling is left as it is.
     """
 
     schema: str | None = None

@@ -43,9 +43,9 @@ from .._errors import InvalidInput, StorageError, TransientStorageError
 from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
 from .._observe import gave_up, retried
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+from ._check import missing_indexes, schema_defects
 from ._mapping import DEFAULT_MAPPING, TableMapping
 from ._retry import DEFAULT_RETRY, RetryPolicy
-from ._check import missing_indexes, schema_defects
 from ._tables import Tables, build_tables, changed_fields
 
 __all__ = ["SQLWorkerRepository", "normalize_url"]

@@ -15,7 +15,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from .._model import Assignment, Worker
-from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
+from .._protocol import InsertWorker, UpdateWorker, Write
 from ._mapping import ASSIGNMENT_FIELDS, WORKER_FIELDS, TableMapping
 
 __all__ = [
@@ -346,7 +346,7 @@ class Tables:
             ]
         for what, kind, value in ids:
             if value is not None and not storable_id(kind, value):
-                return f"{what} {value!r} cannot be stored in a {kind} column"
+                return f"{what} {value!r} cannot be stored in its column, of type {kind}"
         return None
 
     @property
