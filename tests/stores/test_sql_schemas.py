@@ -1,9 +1,14 @@
 """Existing schemas: a start-up check that lists every defect, column types chosen in the
 mapping (uuid, integer, inet, timestamptz), typed defaults, updates that write only what a
-decision changed, and hostnames matched in any case on someone else's tables."""
+decision changed, and hostnames matched in any case on someone else's tables.
+
+Where a test takes ``driver``, it runs on the synchronous store (``sync``) and on the asyncio
+one (``async``: aiosqlite, asyncpg, aiomysql), which share the statements and the schema work.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -23,10 +28,14 @@ from workermatch import trace
 from workermatch.sql import (
     DEFAULT_MAPPING,
     PRISMA_MAPPING,
+    AsyncSQLWorkerRepository,
     SQLWorkerRepository,
     TableMapping,
     schema_ddl,
 )
+from workermatch.testing import BlockingRepository, LoopThread
+
+DRIVERS = ["sync", "async"]
 
 
 def server(dialect: str) -> str:
@@ -42,6 +51,71 @@ def run_sql(repo: SQLWorkerRepository, *statements: str) -> None:
     with repo.engine.begin() as conn:
         for statement in statements:
             conn.exec_driver_sql(statement)
+
+
+def schema_call(driver: str, url: str, mapping: TableMapping, method: str, **kwargs: Any) -> None:
+    """``repo.<method>(**kwargs)`` (``check_schema``, ``create_schema``) on a new store of
+    ``driver`` for ``url``."""
+    if driver == "sync":
+        with SQLWorkerRepository.from_url(url, mapping=mapping) as repo:
+            getattr(repo, method)(**kwargs)
+        return
+
+    async def run() -> None:
+        async with AsyncSQLWorkerRepository.from_url(url, mapping=mapping) as repo:
+            await getattr(repo, method)(**kwargs)
+
+    asyncio.run(run())
+
+
+class Store:
+    """A SQL store of either driver, driven synchronously.  ``repo`` decides (the synchronous
+    store, or a BlockingRepository around the asyncio one); ``admin`` is a synchronous store on
+    the same database and mapping, for the test's own SQL; ``engine`` the synchronous engine
+    the store's statements go through (for listeners)."""
+
+    def __init__(self, driver: str, loop: LoopThread, url: str, **kwargs: Any) -> None:
+        self.loop = loop
+        self.store: Any
+        if driver == "sync":
+            self.store = self.admin = SQLWorkerRepository.from_url(url, **kwargs)
+            self.repo: wm.WorkerRepository = self.store
+            self.engine: sa.Engine = self.store.engine
+            return
+        admin_args = {k: v for k, v in kwargs.items() if k != "connect_args"}
+        self.admin = SQLWorkerRepository.from_url(url, **admin_args)
+        self.store = AsyncSQLWorkerRepository.from_url(url, **kwargs)
+        self.repo = BlockingRepository(self.store, loop)
+        self.engine = self.store.engine.sync_engine
+
+    def call(self, method: str, **kwargs: Any) -> Any:
+        """``store.<method>(**kwargs)``, awaited on the loop for the asyncio store."""
+        result = getattr(self.store, method)(**kwargs)
+        if isinstance(self.store, AsyncSQLWorkerRepository):
+            return self.loop.run(result)
+        return result
+
+    def close(self) -> None:
+        if isinstance(self.store, AsyncSQLWorkerRepository):
+            self.loop.run(self.store.close())
+        self.admin.close()
+
+
+@pytest.fixture
+def open_store(event_loop_thread: LoopThread) -> Iterator[Callable[..., Store]]:
+    """``open_store(driver, url, **from_url_options)``: a Store, closed after the test."""
+    opened: list[Store] = []
+
+    def open_(driver: str, url: str, **kwargs: Any) -> Store:
+        store = Store(driver, event_loop_thread, url, **kwargs)
+        opened.append(store)
+        return store
+
+    try:
+        yield open_
+    finally:
+        for store in opened:
+            store.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,14 +147,15 @@ def _wrong_tables(dialect: str, workers: str, assignments: str, collation: str) 
     ]
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize(
     ("dialect", "collation"),
     [("sqlite", "NOCASE"), ("postgresql", "wm_ci"), ("mysql", "utf8mb4_general_ci")],
 )
 def test_check_schema_lists_every_defect_of_a_wrong_table_in_one_error(
-    dialect: str, collation: str
+    dialect: str, collation: str, driver: str, tmp_path: Any
 ) -> None:
-    url = server(dialect)
+    url = f"sqlite:///{tmp_path / 'bad.db'}" if dialect == "sqlite" else server(dialect)
     prefix = process_prefix() + "bad_"
     mapping = DEFAULT_MAPPING.with_table_prefix(prefix)
     workers, assignments = mapping.workers_table, mapping.assignments_table
@@ -102,7 +177,7 @@ def test_check_schema_lists_every_defect_of_a_wrong_table_in_one_error(
                     sa.inspect(conn).get_indexes(workers),
                 )
             with pytest.raises(wm.StorageError) as info:
-                repo.check_schema()
+                schema_call(driver, url, mapping, "check_schema")
             message = str(info.value)
             lines = [line.strip() for line in message.splitlines()[1:]]
             expected = {
@@ -131,15 +206,18 @@ def test_check_schema_lists_every_defect_of_a_wrong_table_in_one_error(
                 run_sql(repo, f'DROP COLLATION IF EXISTS "{collation}"')
 
 
-def test_check_schema_reports_missing_tables_and_passes_after_create_schema() -> None:
-    with SQLWorkerRepository.from_url("sqlite://") as repo:
-        with pytest.raises(wm.StorageError) as info:
-            repo.check_schema()
-        assert "table 'workermatch_workers' does not exist" in str(info.value)
-        assert "table 'workermatch_assignments' does not exist" in str(info.value)
-        repo.create_schema()
-        repo.check_schema()
-        repo.check_schema(create_assignments=True)
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_check_schema_reports_missing_tables_and_passes_after_create_schema(
+    driver: str, tmp_path: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    with pytest.raises(wm.StorageError) as info:
+        schema_call(driver, url, DEFAULT_MAPPING, "check_schema")
+    assert "table 'workermatch_workers' does not exist" in str(info.value)
+    assert "table 'workermatch_assignments' does not exist" in str(info.value)
+    schema_call(driver, url, DEFAULT_MAPPING, "create_schema")
+    schema_call(driver, url, DEFAULT_MAPPING, "check_schema")
+    schema_call(driver, url, DEFAULT_MAPPING, "check_schema", create_assignments=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,23 +302,20 @@ def _stored(repo: SQLWorkerRepository, column: str) -> Any:
         ).scalar_one()
 
 
-@pytest.fixture
-def sqlite_foreign(tmp_path: Any) -> Iterator[SQLWorkerRepository]:
-    """Someone else's tables on SQLite (the library's DDL, but owns_tables=False)."""
-    mapping = DEFAULT_MAPPING.evolve(owns_tables=False)
-    with SQLWorkerRepository.from_url(f"sqlite:///{tmp_path / 'dash.db'}", mapping=mapping) as repo:
-        run_sql(repo, *[s for s in schema_ddl("sqlite").split(";") if s.strip()])
-        repo.create_schema()
-        yield repo
-
-
-def _upper_case_hostname_is_matched(repo: SQLWorkerRepository) -> None:
+def _upper_case_hostname_is_matched(
+    repo: SQLWorkerRepository, decider: wm.WorkerRepository | None = None
+) -> None:
+    """``decider`` (default ``repo``) finds by hostname, in any case, the row the dashboard
+    wrote in ``repo``'s tables."""
+    decider = repo if decider is None else decider
     seen = T0 + timedelta(microseconds=123_456)
     _dashboard_row(repo, "UG-WS-99", seen)
     first = _stored(repo, repo.tables.w["created_at"].name)  # as precise as the column keeps it
     # From another address, so only the hostname can find the dashboard's row.
     beat = wm.apply_event(
-        wm.Event.heartbeat("198.51.100.7", hostname="ug-ws-99"), T0 + timedelta(seconds=10), repo
+        wm.Event.heartbeat("198.51.100.7", hostname="ug-ws-99"),
+        T0 + timedelta(seconds=10),
+        decider,
     )
     assert (beat.worker.id, beat.rule) == ("dash-1", wm.Rule.HOSTNAME)
     assert beat.worker.hostname == "ug-ws-99"
@@ -249,17 +324,25 @@ def _upper_case_hostname_is_matched(repo: SQLWorkerRepository) -> None:
     assert _stored(repo, repo.tables.w["created_at"].name) == first
     # Matched again, on the same row, still as the dashboard wrote it.
     again = wm.apply_event(
-        wm.Event.heartbeat("198.51.100.8", hostname="Ug-Ws-99."), T0 + timedelta(seconds=40), repo
+        wm.Event.heartbeat("198.51.100.8", hostname="Ug-Ws-99."),
+        T0 + timedelta(seconds=40),
+        decider,
     )
     assert again.worker.id == "dash-1"
     assert _stored(repo, repo.tables.w["hostname"].name) == "UG-WS-99"
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_sqlite_a_dashboard_row_is_found_by_hostname_in_any_case(
-    sqlite_foreign: SQLWorkerRepository,
+    open_store: Callable[..., Store], driver: str, tmp_path: Any
 ) -> None:
-    assert sqlite_foreign.tables.folds_hostnames
-    _upper_case_hostname_is_matched(sqlite_foreign)
+    """Someone else's tables on SQLite (the library's DDL, but owns_tables=False)."""
+    mapping = DEFAULT_MAPPING.evolve(owns_tables=False)
+    store = open_store(driver, f"sqlite:///{tmp_path / 'dash.db'}", mapping=mapping)
+    run_sql(store.admin, *[s for s in schema_ddl("sqlite").split(";") if s.strip()])
+    store.call("create_schema")
+    assert store.store.tables.folds_hostnames
+    _upper_case_hostname_is_matched(store.admin, store.repo)
 
 
 @pytest.mark.parametrize("store_factory", ["prisma"], indirect=True)
@@ -285,15 +368,15 @@ def test_the_library_own_tables_compare_hostnames_on_the_plain_index() -> None:
 # Updates write only what the decision changed
 
 
-def _updates(repo: SQLWorkerRepository) -> tuple[list[str], Callable[[], None]]:
+def _updates(engine: sa.Engine) -> tuple[list[str], Callable[[], None]]:
     sent: list[str] = []
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("UPDATE"):
             sent.append(statement)
 
-    sa.event.listen(repo.engine, "before_cursor_execute", before)
-    return sent, lambda: sa.event.remove(repo.engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "before_cursor_execute", before)
+    return sent, lambda: sa.event.remove(engine, "before_cursor_execute", before)
 
 
 def _set_columns(statement: str) -> set[str]:
@@ -301,18 +384,19 @@ def _set_columns(statement: str) -> set[str]:
     return {re.sub(r'["`]', "", c.split("=")[0]).strip() for c in set_part.split(",")}
 
 
-def test_no_update_of_a_corpus_replay_writes_the_id_or_created_at(tmp_path: Any) -> None:
-    with SQLWorkerRepository.from_url(
-        f"sqlite:///{tmp_path / 'audit.db'}", id_factory=wm.sequential_ids()
-    ) as repo:
-        repo.create_schema()
-        sent, stop = _updates(repo)
-        try:
-            for name in ("note-three-workers.jsonl", "two-runs-one-machine-hints.jsonl"):
-                repo.reset()
-                run_trace(repo, name, wm.DEFAULT_POLICY)
-        finally:
-            stop()
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_no_update_of_a_corpus_replay_writes_the_id_or_created_at(
+    open_store: Callable[..., Store], driver: str, tmp_path: Any
+) -> None:
+    store = open_store(driver, f"sqlite:///{tmp_path / 'audit.db'}", id_factory=wm.sequential_ids())
+    store.call("create_schema")
+    sent, stop = _updates(store.engine)
+    try:
+        for name in ("note-three-workers.jsonl", "two-runs-one-machine-hints.jsonl"):
+            store.call("reset")
+            run_trace(store.repo, name, wm.DEFAULT_POLICY)
+    finally:
+        stop()
     assert sent
     written = set().union(*(_set_columns(s) for s in sent))
     assert not written & {"id", "created_at"}
@@ -321,21 +405,25 @@ def test_no_update_of_a_corpus_replay_writes_the_id_or_created_at(tmp_path: Any)
     assert {"last_seen"} in [_set_columns(s) for s in sent]
 
 
-def test_an_update_of_a_row_not_read_in_the_unit_still_never_writes_created_at() -> None:
-    with SQLWorkerRepository.from_url("sqlite://") as repo:
-        repo.create_schema()
-        first = wm.Worker(id="w1", ip="10.0.0.1", created_at=T0, last_seen=T0)
-        repo.write([wm.InsertWorker(worker=first)])
-        sent, stop = _updates(repo)
-        try:
-            moved = wm.Worker(id="w1", ip="10.0.0.2", hostname="box", created_at=T0, last_seen=T0)
-            repo.write([wm.UpdateWorker(worker=moved)])
-        finally:
-            stop()
-        (statement,) = sent
-        assert "created_at" not in _set_columns(statement)
-        assert {"ip", "hostname", "last_seen"} <= _set_columns(statement)
-        assert repo.all_workers() == [moved]
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_update_of_a_row_not_read_in_the_unit_still_never_writes_created_at(
+    open_store: Callable[..., Store], driver: str, tmp_path: Any
+) -> None:
+    store = open_store(driver, f"sqlite:///{tmp_path / 'unread.db'}")
+    store.call("create_schema")
+    repo = store.repo
+    first = wm.Worker(id="w1", ip="10.0.0.1", created_at=T0, last_seen=T0)
+    repo.write([wm.InsertWorker(worker=first)])
+    sent, stop = _updates(store.engine)
+    try:
+        moved = wm.Worker(id="w1", ip="10.0.0.2", hostname="box", created_at=T0, last_seen=T0)
+        repo.write([wm.UpdateWorker(worker=moved)])
+    finally:
+        stop()
+    (statement,) = sent
+    assert "created_at" not in _set_columns(statement)
+    assert {"ip", "hostname", "last_seen"} <= _set_columns(statement)
+    assert repo.all_workers() == [moved]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,10 +519,14 @@ def uuid_ids() -> Callable[[], str]:
     return lambda: str(uuid.UUID(int=next(counter)))
 
 
+TypedStores = Callable[[str, Callable[[], str] | None], Store]
+
+
 @pytest.fixture
-def typed_postgresql() -> Iterator[Callable[[Callable[[], str] | None], SQLWorkerRepository]]:
-    """A factory of repositories on PostgreSQL tables with uuid worker ids, inet addresses,
-    bigint assignment ids and timestamptz times, in a session whose time zone is not UTC."""
+def typed_postgresql(open_store: Callable[..., Store]) -> Iterator[TypedStores]:
+    """A factory ``make(driver, id_factory)`` of stores on PostgreSQL tables with uuid worker
+    ids, inet addresses, bigint assignment ids and timestamptz times, in a session whose time
+    zone is not UTC."""
     url = server("postgresql")
     schema = process_prefix() + "typed"
     admin = SQLWorkerRepository.from_url(url)
@@ -444,24 +536,25 @@ def typed_postgresql() -> Iterator[Callable[[Callable[[], str] | None], SQLWorke
         for statement in TYPED_TABLES.split(";"):
             if statement.strip():
                 conn.exec_driver_sql(statement)
-    made: list[SQLWorkerRepository] = []
 
-    def make(id_factory: Callable[[], str] | None = None) -> SQLWorkerRepository:
-        repo = SQLWorkerRepository.from_url(
+    def make(driver: str, id_factory: Callable[[], str] | None = None) -> Store:
+        # The library must not depend on the session's time zone for timestamptz.
+        zone = "America/Santiago"
+        return open_store(
+            driver,
             url,
             mapping=typed_mapping(schema),
             id_factory=id_factory,
-            # The library must not depend on the session's time zone for timestamptz.
-            connect_args={"options": "-c timezone=America/Santiago"},
+            connect_args=(
+                {"options": f"-c timezone={zone}"}
+                if driver == "sync"
+                else {"server_settings": {"timezone": zone}}
+            ),
         )
-        made.append(repo)
-        return repo
 
     try:
         yield make
     finally:
-        for repo in made:
-            repo.close()
         run_sql(admin, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.close()
 
@@ -482,19 +575,21 @@ def _replay(repo: wm.WorkerRepository, records: list[trace.TraceRecord]) -> list
     return out
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize(
     "name",
     ["note-three-workers.jsonl", "two-runs-one-machine-hints.jsonl", "cloned-hostnames.jsonl"],
 )
 def test_postgresql_uuid_inet_integer_and_timestamptz_columns_replay_like_memory(
-    typed_postgresql: Callable[[Callable[[], str] | None], SQLWorkerRepository], name: str
+    typed_postgresql: TypedStores, name: str, driver: str
 ) -> None:
-    repo = typed_postgresql(uuid_ids())
-    repo.create_schema()
-    repo.check_schema(create_assignments=True)
+    store = typed_postgresql(driver, uuid_ids())
+    store.call("create_schema")
+    store.call("check_schema", create_assignments=True)
     records = _integer_assignments(name)
     expected = _replay(wm.InMemoryWorkerRepository(id_factory=uuid_ids()), records)
-    assert _replay(repo, records) == expected
+    assert _replay(store.repo, records) == expected
+    repo = store.admin
     with repo.engine.connect() as conn:
         conn.exec_driver_sql(f'SET search_path TO "{repo.mapping.schema}"')
         types = conn.exec_driver_sql(
@@ -507,11 +602,13 @@ def test_postgresql_uuid_inet_integer_and_timestamptz_columns_replay_like_memory
     assert all(isinstance(i, int) and t == "untitled" for i, t in jobs)
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_postgresql_typed_ids_that_cannot_exist_are_not_found_and_not_written(
-    typed_postgresql: Callable[[Callable[[], str] | None], SQLWorkerRepository],
+    typed_postgresql: TypedStores, driver: str
 ) -> None:
-    repo = typed_postgresql(None)
-    repo.create_schema()
+    store = typed_postgresql(driver, None)
+    store.call("create_schema")
+    repo = store.repo
     claim = wm.apply_event(wm.Event.claim("10.0.0.1", "42"), T0, repo, create_assignments=True)
     assert uuid.UUID(claim.worker.id).version == 4  # the default id factory's random UUIDs
     # Hints of another form name nothing, as an unknown id does; nothing reaches the database.
@@ -529,27 +626,31 @@ def test_postgresql_typed_ids_that_cannot_exist_are_not_found_and_not_written(
     assert [a.id for a in repo.all_assignments()] == ["42"]
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_postgresql_timestamptz_round_trips_in_any_session_time_zone(
-    typed_postgresql: Callable[[Callable[[], str] | None], SQLWorkerRepository],
+    typed_postgresql: TypedStores, driver: str
 ) -> None:
-    repo = typed_postgresql(uuid_ids())
-    repo.create_schema()
+    store = typed_postgresql(driver, uuid_ids())
+    store.call("create_schema")
     at = datetime(2026, 3, 29, 1, 30, 0, 7000, tzinfo=timezone.utc)
-    outcome = wm.apply_event(wm.Event.register("2001:db8::1"), at, repo)
-    (back,) = repo.all_workers()
+    outcome = wm.apply_event(wm.Event.register("2001:db8::1"), at, store.repo)
+    (back,) = store.repo.all_workers()
     assert back == outcome.worker
     assert back.ip == "2001:db8::1"
-    with repo.engine.connect() as conn:
-        conn.exec_driver_sql(f'SET search_path TO "{repo.mapping.schema}"')
+    with store.admin.engine.connect() as conn:
+        conn.exec_driver_sql(f'SET search_path TO "{store.admin.mapping.schema}"')
         stored = conn.exec_driver_sql("SELECT first_seen, addr::text FROM machines").one()
     assert stored[0] == at
     assert stored[1] == "2001:db8::1/128"
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql", "mysql"])
-def test_integer_ids_on_the_library_own_tables_replay_like_memory(dialect: str) -> None:
+def test_integer_ids_on_the_library_own_tables_replay_like_memory(
+    open_store: Callable[..., Store], dialect: str, driver: str, tmp_path: Any
+) -> None:
     """Integer worker and assignment ids (the library creates BIGINT columns for them)."""
-    url = server(dialect)
+    url = f"sqlite:///{tmp_path / 'int.db'}" if dialect == "sqlite" else server(dialect)
     mapping = DEFAULT_MAPPING.with_table_prefix(process_prefix() + "int_").evolve(
         worker_types={"id": "integer"}, assignment_types={"id": "integer"}
     )
@@ -560,13 +661,13 @@ def test_integer_ids_on_the_library_own_tables_replay_like_memory(dialect: str) 
 
     records = _integer_assignments("note-three-workers.jsonl")
     expected = _replay(wm.InMemoryWorkerRepository(id_factory=counter()), records)
-    with SQLWorkerRepository.from_url(url, mapping=mapping, id_factory=counter()) as repo:
-        repo.drop_schema()
-        repo.create_schema()
-        try:
-            assert _replay(repo, records) == expected
-            with repo.engine.connect() as conn:
-                ids = conn.execute(sa.text(f"SELECT id FROM {mapping.workers_table}")).scalars()
-                assert all(isinstance(i, int) for i in ids)
-        finally:
-            repo.drop_schema()
+    store = open_store(driver, url, mapping=mapping, id_factory=counter())
+    store.call("drop_schema")
+    store.call("create_schema")
+    try:
+        assert _replay(store.repo, records) == expected
+        with store.admin.engine.connect() as conn:
+            ids = conn.execute(sa.text(f"SELECT id FROM {mapping.workers_table}")).scalars()
+            assert all(isinstance(i, int) for i in ids)
+    finally:
+        store.call("drop_schema")
