@@ -14,10 +14,10 @@ reports the same way) writes is reported once, after it is committed:
 * to the instruments installed by :mod:`workermatch.otel` (one span around each decision, and
   counters).
 
-The SQL stores (synchronous and asyncio) report here too: a ``WARNING`` when their retries
-of a conflicting transaction run out, and each retry to the instruments.  Hooks and
-instruments are kept in tuples replaced under a lock, so adding or removing one while other
-threads decide is safe.
+The SQL stores (synchronous and asyncio) and the Django repository report here too: a
+``WARNING`` when their retries of a conflicting transaction run out, and each retry to the
+instruments.  Hooks and instruments are kept in tuples replaced under a lock, so adding or
+removing one while other threads decide is safe.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ deciding = Deciding
 
 
 def retried(backend: str) -> None:
-    """A SQL store ran a unit again after a conflict on ``backend``."""
+    """A SQL store (or the Django repository) ran a unit again after a conflict on ``backend``."""
     for instrument in _instruments:
         try:
             instrument.retried(backend)
@@ -163,7 +163,7 @@ def retried(backend: str) -> None:
 
 
 def gave_up(attempts: int, elapsed: float, message: str) -> None:
-    """A SQL store's retries of a conflicting unit ran out."""
+    """A SQL store's (or the Django repository's) retries of a conflicting unit ran out."""
     logger.warning(
         "gave up after %d attempts in %.2f s of conflicts: %s", attempts, elapsed, message
     )

@@ -29,9 +29,9 @@ A request that fails (``ClaimRefused``, ``InvalidInput`` found while deciding,
 * ``workermatch.decisions``: written decisions, by ``workermatch.rule``,
   ``workermatch.event.kind`` and ``workermatch.created``;
 * ``workermatch.alerts``: decisions that raised an alert, by ``workermatch.alert``;
-* ``workermatch.storage.retries``: transactions a SQL store (synchronous or asyncio) ran
-  again after a conflict, by ``db.system.name`` (``sqlite``, ``postgresql``, ``mysql`` or
-  ``mariadb``).
+* ``workermatch.storage.retries``: transactions a SQL store (:mod:`workermatch.sql`,
+  synchronous or asyncio, or the Django repository) ran again after a conflict, by
+  ``db.system.name`` (``sqlite``, ``postgresql``, ``mysql`` or ``mariadb``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class _Instrument:
         self.retries = meter.create_counter(
             "workermatch.storage.retries",
             unit="{retry}",
-            description="Transactions the SQL store ran again after a conflict",
+            description="Transactions a SQL store ran again after a conflict",
         )
 
     def start(self, event: Event) -> tuple[trace.Span, object]:
