@@ -361,7 +361,35 @@ def test_the_library_own_tables_compare_hostnames_on_the_plain_index() -> None:
     foreign = schema_ddl("postgresql", PRISMA_MAPPING)
     assert "CREATE INDEX workers_wm_hostname_lower_idx ON workers (lower(hostname))" in foreign
     # MariaDB has no expression indexes: there hostnames compare exactly, on the plain index.
-    assert "(hostname)" in schema_ddl("mariadb", PRISMA_MAPPING)
+    for dialect in ("mariadb", "mysql"):
+        ddl = schema_ddl(dialect, PRISMA_MAPPING)
+        assert "CREATE INDEX workers_wm_hostname_idx ON workers (hostname)" in ddl
+        assert "lower(" not in ddl
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_drop_schema_on_someone_elses_sqlite_tables_removes_the_expression_index(
+    open_store: Callable[..., Store], driver: str, tmp_path: Any
+) -> None:
+    mapping = DEFAULT_MAPPING.evolve(owns_tables=False)
+    store = open_store(driver, f"sqlite:///{tmp_path / 'dash.db'}", mapping=mapping)
+    run_sql(store.admin, *[s for s in schema_ddl("sqlite").split(";") if s.strip()])
+    store.call("create_schema")
+    mine = {str(index.name) for index in store.store.tables.indexes}
+    assert "workermatch_workers_hostname_lower_idx" in mine
+
+    def indexes() -> set[str]:
+        with store.admin.engine.connect() as conn:
+            return set(
+                conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'"
+                ).scalars()
+            )
+
+    assert mine <= indexes()
+    store.call("drop_schema")
+    assert not mine & indexes()
+    assert store.admin.tables.workers.name in sa.inspect(store.admin.engine).get_table_names()
 
 
 # ---------------------------------------------------------------------------------------------

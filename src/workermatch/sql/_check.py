@@ -13,7 +13,7 @@ from sqlalchemy.sql import visitors
 
 from ._tables import Tables
 
-__all__ = ["missing_indexes", "schema_defects"]
+__all__ = ["library_indexes_present", "missing_indexes", "schema_defects"]
 
 # What a field of the library needs, by the mapping's choice of type.
 _TEXT = "text"
@@ -123,29 +123,51 @@ def _index_matches(index: sa.Index, found: dict[str, Any]) -> bool:
     return have[: len(wanted)] == wanted
 
 
+def _reflected_indexes(inspector: Any, table_name: str, schema: str | None) -> list[Any]:
+    """The indexes of a table, as SQLAlchemy reflects them, plus (by name) SQLite's expression
+    indexes, which it skips with a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        found: list[Any] = list(inspector.get_indexes(table_name, schema=schema))
+    if inspector.dialect.name == "sqlite":
+        master = "sqlite_master" if schema is None else f'"{schema}".sqlite_master'
+        names = inspector.bind.exec_driver_sql(
+            f"SELECT name FROM {master} WHERE type = 'index' AND tbl_name = ?",
+            (table_name,),
+        ).scalars()
+        known = {f.get("name") for f in found}
+        found += [{"name": name} for name in names if name not in known]
+    return found
+
+
 def missing_indexes(inspector: Any, tables: Tables) -> list[sa.Index]:
     """The library's indexes that the tables lack (by name, or an index of another name on the
     same leading columns)."""
     out = []
     schema = tables.mapping.schema
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sa.exc.SAWarning)
-        for index in tables.indexes:
-            table = index.table
-            assert table is not None
-            if not inspector.has_table(table.name, schema=schema):
-                continue
-            found: list[Any] = list(inspector.get_indexes(table.name, schema=schema))
-            if inspector.dialect.name == "sqlite":
-                # SQLAlchemy skips SQLite's expression indexes: know them by name at least.
-                master = "sqlite_master" if schema is None else f'"{schema}".sqlite_master'
-                names = inspector.bind.exec_driver_sql(
-                    f"SELECT name FROM {master} WHERE type = 'index' AND tbl_name = ?",
-                    (table.name,),
-                ).scalars()
-                found += [{"name": name} for name in names]
-            if not any(_index_matches(index, f) for f in found):
-                out.append(index)
+    for index in tables.indexes:
+        table = index.table
+        assert table is not None
+        if not inspector.has_table(table.name, schema=schema):
+            continue
+        found = _reflected_indexes(inspector, table.name, schema)
+        if not any(_index_matches(index, f) for f in found):
+            out.append(index)
+    return out
+
+
+def library_indexes_present(inspector: Any, tables: Tables) -> list[sa.Index]:
+    """The library's indexes that exist under the library's names (what ``drop_schema``
+    removes from someone else's tables)."""
+    out = []
+    schema = tables.mapping.schema
+    for index in tables.indexes:
+        table = index.table
+        assert table is not None
+        if not inspector.has_table(table.name, schema=schema):
+            continue
+        if index.name in {f.get("name") for f in _reflected_indexes(inspector, table.name, schema)}:
+            out.append(index)
     return out
 
 

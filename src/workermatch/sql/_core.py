@@ -35,7 +35,7 @@ from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
 from .._observe import gave_up
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from .._retry import PG_CONFLICT, PG_TRANSIENT, RetryPolicy
-from ._check import missing_indexes, schema_defects
+from ._check import library_indexes_present, missing_indexes, schema_defects
 from ._mapping import TableMapping
 from ._tables import Tables, build_tables, changed_fields
 
@@ -388,12 +388,8 @@ class Core:
             return
         insp = sa.inspect(conn)
         prep = conn.dialect.identifier_preparer
-        for index in self.t.indexes:
-            table = index.table
-            assert table is not None
-            names = {ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)}
-            if index.name in names:
-                index.drop(conn)
+        for index in library_indexes_present(insp, self.t):
+            index.drop(conn)
         present = {
             c["name"] for c in insp.get_columns(self.t.workers.name, schema=self.mapping.schema)
         }
