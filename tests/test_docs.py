@@ -219,3 +219,37 @@ def test_the_runnable_endpoint_example_maps_each_failure_to_a_status() -> None:
         "/api/workers", {"machineId": "10.0.0.1", "hostname": "Box"}, repo
     )
     assert (status, reply["rule"], reply["created"]) == (200, "created", True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaging: one version, install instructions that work without a package index
+
+
+def test_the_installed_version_is_the_package_version() -> None:
+    import importlib.metadata
+
+    assert importlib.metadata.version("workermatch") == wm.__version__
+
+
+def test_every_extra_the_docs_name_exists_and_no_page_installs_from_an_index() -> None:
+    import importlib.metadata
+
+    extras = set(importlib.metadata.metadata("workermatch").get_all("Provides-Extra") or [])
+    for path in [*LINKED_FILES, ROOT / "src" / "workermatch" / "_cli.py"]:
+        text = path.read_text(encoding="utf-8")
+        named = set(re.findall(r"pip install [^\n]*?'\.\[([\w,-]+)\]'", text))
+        assert {e for group in named for e in group.split(",")} <= extras, path.name
+        # The project is not on a package index: "pip install 'workermatch[sql]'" would fail.
+        assert not re.search(r"pip install ['\"]?workermatch\[", text), path.name
+
+
+def test_the_project_urls_are_declared() -> None:
+    import importlib.metadata
+
+    urls = importlib.metadata.metadata("workermatch").get_all("Project-URL") or []
+    assert {u.split(",", 1)[0] for u in urls} == {
+        "Homepage",
+        "Documentation",
+        "Changelog",
+        "Issues",
+    }
