@@ -1,4 +1,4 @@
-"""A worker-facing service on FastAPI, with workermatch's asyncio driver behind ``async def`` routes.
+"""A worker-facing service on FastAPI: workermatch's asyncio driver behind ``async def`` routes.
 
 The routes and bodies are those of ``examples/endpoint.py`` (the real client's), so a client
 talks to either unchanged:
@@ -22,12 +22,17 @@ Run it (``pip install 'workermatch[postgresql-async]' fastapi uvicorn``)::
         uvicorn --factory fastapi_service.app:create_app --app-dir examples \\
         --workers 4 --no-proxy-headers
 
-``--no-proxy-headers`` leaves ``X-Forwarded-For`` to this app's own setting: uvicorn's default
-trusts it from 127.0.0.1.  Environment: ``WORKERMATCH_DATABASE_URL`` (default
-``sqlite:///workermatch.db``), ``WORKERMATCH_TABLE_PREFIX`` (default: the library's own table
-names), ``WORKERMATCH_TRUSTED_PROXIES`` (addresses or networks, comma-separated; default none)
-and ``WORKERMATCH_LOG_LEVEL`` (default ``INFO``: alerts and store failures; ``DEBUG`` adds one
-line per decision).  ``docs/integration.md`` ("FastAPI") tells the rest.
+``--no-proxy-headers`` leaves ``X-Forwarded-For`` to this app's own setting (uvicorn's default
+believes it from 127.0.0.1).  Environment:
+
+* ``WORKERMATCH_DATABASE_URL``: the SQL store (default ``sqlite:///workermatch.db``);
+* ``WORKERMATCH_POOL_SIZE``: database connections per process (default 5);
+* ``WORKERMATCH_TABLE_PREFIX``: a prefix for the library's table names (default none);
+* ``WORKERMATCH_TRUSTED_PROXIES``: addresses or networks, comma-separated (default none);
+* ``WORKERMATCH_LOG_LEVEL``: ``INFO`` by default (alerts and store failures); ``DEBUG`` adds
+  the library's line per decision.
+
+``docs/integration.md`` ("FastAPI") tells the rest.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -77,6 +82,17 @@ class Reply(BaseModel):
     ambiguous: bool
     status: str
 
+    @classmethod
+    def of(cls, outcome: wm.Outcome) -> Reply:
+        return cls(
+            workerId=outcome.worker.id,
+            rule=outcome.rule.value,
+            alert=None if outcome.alert is None else outcome.alert.value,
+            created=outcome.created,
+            ambiguous=outcome.ambiguous,
+            status=outcome.worker.status.value,
+        )
+
 
 NO_BODY = Body(default_factory=ClientRequest)
 
@@ -103,20 +119,11 @@ async def claim(assignment_id: str, request: Request, body: ClientRequest = NO_B
 async def decide(request: Request, event: wm.Event) -> Reply:
     """Decide and write in one atomic unit of the store.  The errors it raises become statuses
     in the exception handlers below (InvalidInput 400, ClaimRefused 409, ...)."""
-    repo = request.app.state.repo
-    # None: the SQL store decides at the database's clock, one clock for every process.
-    now = None if hasattr(repo, "clock") else datetime.now(timezone.utc)
-    outcome = await aio.apply_event(event, now, repo)
+    state = request.app.state
+    outcome = await aio.apply_event(event, state.clock(), state.repo, state.policy)
     if outcome.alert is not None:
         log.warning("alert %s: %s", outcome.alert.value, outcome.explain())
-    return Reply(
-        workerId=outcome.worker.id,
-        rule=outcome.rule.value,
-        alert=None if outcome.alert is None else outcome.alert.value,
-        created=outcome.created,
-        ambiguous=outcome.ambiguous,
-        status=outcome.worker.status.value,
-    )
+    return Reply.of(outcome)
 
 
 @router.post("/api/gui-update")
@@ -141,7 +148,7 @@ class NewAssignment(BaseModel):
 
 
 class AssignmentExists(Exception):
-    pass
+    """A second ``POST /api/assignments`` of one id (409)."""
 
 
 @router.post("/api/assignments", status_code=201)
@@ -155,13 +162,10 @@ async def create_assignment(request: Request, body: NewAssignment) -> dict[str, 
 
     async def insert() -> None:  # one unit: the check and the insert
         if await repo.get_assignment(assignment.id) is not None:
-            raise AssignmentExists
+            raise AssignmentExists(f"assignment {assignment.id!r} exists")
         await repo.write([wm.InsertAssignment(assignment=assignment)])
 
-    try:
-        await repo.atomically(insert)
-    except AssignmentExists:
-        return _reply(409, {"error": f"assignment {assignment.id!r} exists", "reason": "exists"})
+    await repo.atomically(insert)
     return {"id": assignment.id, "status": assignment.status.value}
 
 
@@ -246,6 +250,10 @@ async def _ambiguous(request: Request, exc: Exception) -> JSONResponse:
     return _reply(409, {"error": str(exc), "reason": "ambiguous"})
 
 
+async def _exists(request: Request, exc: Exception) -> JSONResponse:
+    return _reply(409, {"error": str(exc), "reason": "exists"})
+
+
 async def _storage_failed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, wm.StorageError)
     if exc.retryable:  # TransientStorageError: a lost connection, retries that ran out
@@ -258,16 +266,26 @@ async def _storage_failed(request: Request, exc: Exception) -> JSONResponse:
 # -- the application ---------------------------------------------------------------------------
 
 
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def create_app(
     repo: aio.AsyncWorkerRepository | None = None,
     *,
     trusted_proxies: str | Iterable[str] | None = None,
+    policy: wm.Policy = wm.DEFAULT_POLICY,
+    clock: Callable[[], datetime | None] = utc_now,
     environ: Mapping[str, str] = os.environ,
 ) -> FastAPI:
     """The service.  ``repo``: a store of yours (it stays open after shutdown); without one,
     the app opens ``WORKERMATCH_DATABASE_URL`` at start-up, creates the library's tables where
     missing, and closes it at shutdown.  ``trusted_proxies``: addresses or networks whose
-    ``X-Forwarded-For`` is believed (default ``WORKERMATCH_TRUSTED_PROXIES``, else none)."""
+    ``X-Forwarded-For`` is believed (default ``WORKERMATCH_TRUSTED_PROXIES``, else none).
+    ``policy``: the decision policy (``docs/tuning.md``).  ``clock``: the time each decision
+    is made at: this process's clock; ``lambda: None`` decides at the SQL store's database
+    clock instead (one statement more per decision), for server processes on hosts whose clocks
+    may disagree.  ``environ``: where the settings are read (the process environment)."""
     if trusted_proxies is None:
         trusted_proxies = environ.get("WORKERMATCH_TRUSTED_PROXIES", "")
     proxies = parse_proxies(trusted_proxies)  # a bad entry fails here, not per request
@@ -285,11 +303,14 @@ def create_app(
 
     app = FastAPI(title="workermatch example service", lifespan=lifespan)
     app.state.trusted_proxies = proxies
+    app.state.policy = policy
+    app.state.clock = clock
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _bad_body)
     app.add_exception_handler(wm.InvalidInput, _invalid_input)
     app.add_exception_handler(wm.ClaimRefused, _claim_refused)
     app.add_exception_handler(wm.AmbiguousMatch, _ambiguous)
+    app.add_exception_handler(AssignmentExists, _exists)
     app.add_exception_handler(wm.StorageError, _storage_failed)
     return app
 
@@ -302,7 +323,13 @@ async def open_store(environ: Mapping[str, str]) -> aio.AsyncWorkerRepository:
     if "WORKERMATCH_DATABASE_URL" not in environ:
         log.warning("WORKERMATCH_DATABASE_URL is not set: using %s", url)
     mapping = DEFAULT_MAPPING.with_table_prefix(environ.get("WORKERMATCH_TABLE_PREFIX", ""))
-    repo = AsyncSQLWorkerRepository.from_url(url, mapping=mapping)
+    options: dict[str, Any] = {}
+    if not url.startswith("sqlite"):
+        # At most this many decisions of this process at once; the others wait for a
+        # connection.  Under SERIALIZABLE, more simultaneous transactions than the database
+        # has cores conflict and run again more than they gain (docs/integration.md).
+        options = {"pool_size": int(environ.get("WORKERMATCH_POOL_SIZE", "5")), "max_overflow": 0}
+    repo = AsyncSQLWorkerRepository.from_url(url, mapping=mapping, **options)
     # Several server processes start at once: a concurrent CREATE TABLE of another process may
     # fail this one's; the second try finds the tables made.
     for attempt in range(3):
