@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,14 @@ class Client:
         return reply
 
 
-def client(served: Served) -> httpx.AsyncClient:
+@asynccontextmanager
+async def client(served: Served) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=48, max_keepalive_connections=48)
-    return httpx.AsyncClient(base_url=served.base_url, limits=limits, timeout=30)
+    async with httpx.AsyncClient(base_url=served.base_url, limits=limits, timeout=30) as http:
+        yield http
+    # Let the closed connections' transports finish closing before the event loop ends (else
+    # a busy machine may see "unclosed transport" warnings when they are collected).
+    await asyncio.sleep(0.05)
 
 
 def test_the_design_note_story_over_http_is_one_worker(served: Served) -> None:
@@ -187,6 +193,28 @@ def test_the_design_note_story_over_http_is_one_worker(served: Served) -> None:
     assert (worker.ip, worker.hostname) == (gui, "ug-gns0s34")
     [assignment] = served.repo.all_assignments()
     assert (assignment.status, assignment.worker_id) == (wm.AssignmentStatus.COMPLETED, worker.id)
+
+
+def test_an_alert_reaches_the_server_log(served: Served) -> None:
+    """Under plain uvicorn nobody configured logging: the app shows the ``workermatch`` logger's
+    warnings on standard error, with the explanation."""
+    served.repo.reset()
+
+    async def doubt() -> dict[str, Any]:
+        async with client(served) as http:
+            c = Client(http)
+            for n in (1, 2):
+                await c.post(f"192.0.2.{n}", "/api/assignments", {"id": f"D{n}"})
+                await c.post(f"192.0.2.{n}", f"/api/assignments/D{n}/claim")
+            return await c.post("192.0.2.9", "/api/heartbeat", {"hostname": "gui"})
+
+    reply = asyncio.run(doubt())
+    assert reply["alert"] == "doubt"
+    deadline = time.monotonic() + 10
+    while "alert doubt" not in served.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, served.log.read_text(errors="replace")
+        time.sleep(0.1)
+    assert "recent_orphan" in served.log.read_text(errors="replace")
 
 
 def test_a_startup_burst_of_many_machines_gives_one_worker_per_machine(served: Served) -> None:
@@ -233,3 +261,4 @@ def test_a_startup_burst_of_many_machines_gives_one_worker_per_machine(served: S
     assert Counter(a.status for a in assignments) == {wm.AssignmentStatus.RUNNING: MACHINES}
     assert {a.worker_id for a in assignments} == set(workers)
     print(f"{MACHINES} machines, {4 * MACHINES} requests in {elapsed:.1f} s; 503 retried {retried}")
+    assert "Traceback" not in served.log.read_text(errors="replace")
