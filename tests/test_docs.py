@@ -6,9 +6,6 @@ import contextlib
 import importlib.util
 import io
 import re
-import sys
-import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,57 +127,6 @@ def test_tuning_lists_every_strict_expected_failure_of_the_guarantees() -> None:
     from workermatch.simulation import SCENARIOS
 
     assert set(SCENARIOS) <= scenarios
-
-
-# ---------------------------------------------------------------------------------------------
-# The README's endpoint example, against the real API
-
-
-class HTTPException(Exception):
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(status_code, detail)
-        self.status_code = status_code
-        self.detail = detail
-
-
-class FastAPI:
-    """Just enough of FastAPI's interface for the README's example: routes are plain functions."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Callable[..., Any]] = {}
-
-    def post(self, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.routes[path] = fn
-            return fn
-
-        return register
-
-
-def test_the_readme_endpoint_example_works(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("fastapi")
-    fake.FastAPI = FastAPI  # type: ignore[attr-defined]
-    fake.HTTPException = HTTPException  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fastapi", fake)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    code = code_block_after(readme, "## Use it in an endpoint")
-    namespace: dict[str, Any] = {"__name__": "readme_example"}
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        exec(compile(code, "README.md", "exec"), namespace)
-        repo: wm.InMemoryWorkerRepository = namespace["repo"]
-        repo.write([wm.InsertAssignment(assignment=wm.Assignment(id="A1"))])
-        claim, heartbeat = namespace["claim"], namespace["heartbeat"]
-
-        claimed = claim("A1", {"machineId": "157.193.240.188"})
-        beat = heartbeat({"machineId": "157.193.240.190", "hostname": "UG-GNS0S34"})
-        assert beat == {"workerId": claimed["workerId"], "rule": "recent_orphan"}
-        with pytest.raises(HTTPException) as refused:
-            claim("A1", {"machineId": "10.9.9.9", "hostname": "other"})
-        with pytest.raises(HTTPException) as bad:
-            heartbeat({"hostname": "no-ip"})
-    assert (refused.value.status_code, refused.value.detail) == (409, "running_elsewhere")
-    assert bad.value.status_code == 400
-    assert "by rule recent_orphan" in out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
