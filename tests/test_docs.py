@@ -6,9 +6,6 @@ import contextlib
 import importlib.util
 import io
 import re
-import sys
-import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,57 +130,6 @@ def test_tuning_lists_every_strict_expected_failure_of_the_guarantees() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's endpoint example, against the real API
-
-
-class HTTPException(Exception):
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(status_code, detail)
-        self.status_code = status_code
-        self.detail = detail
-
-
-class FastAPI:
-    """Just enough of FastAPI's interface for the README's example: routes are plain functions."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Callable[..., Any]] = {}
-
-    def post(self, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.routes[path] = fn
-            return fn
-
-        return register
-
-
-def test_the_readme_endpoint_example_works(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("fastapi")
-    fake.FastAPI = FastAPI  # type: ignore[attr-defined]
-    fake.HTTPException = HTTPException  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fastapi", fake)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    code = code_block_after(readme, "## Use it in an endpoint")
-    namespace: dict[str, Any] = {"__name__": "readme_example"}
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        exec(compile(code, "README.md", "exec"), namespace)
-        repo: wm.InMemoryWorkerRepository = namespace["repo"]
-        repo.write([wm.InsertAssignment(assignment=wm.Assignment(id="A1"))])
-        claim, heartbeat = namespace["claim"], namespace["heartbeat"]
-
-        claimed = claim("A1", {"machineId": "157.193.240.188"})
-        beat = heartbeat({"machineId": "157.193.240.190", "hostname": "UG-GNS0S34"})
-        assert beat == {"workerId": claimed["workerId"], "rule": "recent_orphan"}
-        with pytest.raises(HTTPException) as refused:
-            claim("A1", {"machineId": "10.9.9.9", "hostname": "other"})
-        with pytest.raises(HTTPException) as bad:
-            heartbeat({"hostname": "no-ip"})
-    assert (refused.value.status_code, refused.value.detail) == (409, "running_elsewhere")
-    assert bad.value.status_code == 400
-    assert "by rule recent_orphan" in out.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
 # examples/endpoint.py
 
 
@@ -219,3 +165,37 @@ def test_the_runnable_endpoint_example_maps_each_failure_to_a_status() -> None:
         "/api/workers", {"machineId": "10.0.0.1", "hostname": "Box"}, repo
     )
     assert (status, reply["rule"], reply["created"]) == (200, "created", True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaging: one version, install instructions that work without a package index
+
+
+def test_the_installed_version_is_the_package_version() -> None:
+    import importlib.metadata
+
+    assert importlib.metadata.version("workermatch") == wm.__version__
+
+
+def test_every_extra_the_docs_name_exists_and_no_page_installs_from_an_index() -> None:
+    import importlib.metadata
+
+    extras = set(importlib.metadata.metadata("workermatch").get_all("Provides-Extra") or [])
+    for path in [*LINKED_FILES, ROOT / "src" / "workermatch" / "_cli.py"]:
+        text = path.read_text(encoding="utf-8")
+        named = set(re.findall(r"pip install [^\n]*?'\.\[([\w,-]+)\]'", text))
+        assert {e for group in named for e in group.split(",")} <= extras, path.name
+        # The project is not on a package index: "pip install 'workermatch[sql]'" would fail.
+        assert not re.search(r"pip install ['\"]?workermatch\[", text), path.name
+
+
+def test_the_project_urls_are_declared() -> None:
+    import importlib.metadata
+
+    urls = importlib.metadata.metadata("workermatch").get_all("Project-URL") or []
+    assert {u.split(",", 1)[0] for u in urls} == {
+        "Homepage",
+        "Documentation",
+        "Changelog",
+        "Issues",
+    }

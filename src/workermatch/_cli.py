@@ -78,8 +78,9 @@ def _open_store(url: str | None, *, reset: bool) -> tuple[WorkerRepository, Call
         sql = importlib.import_module("workermatch.sql")
     except ImportError as exc:
         raise UsageError(
-            f"--db needs the SQL repositories, which need SQLAlchemy ({exc}); install them with "
-            "python -m pip install 'workermatch[sql]' (add [postgresql] or [mysql] for a server)"
+            f"--db needs the SQL repositories, which need SQLAlchemy ({exc}); install the sql "
+            "extra (from a checkout: python -m pip install '.[sql]'; the postgresql or mysql "
+            "extra for a server)"
         ) from None
     try:
         repo = sql.SQLWorkerRepository.from_url(url, id_factory=sequential_ids())

@@ -1550,7 +1550,9 @@ def _request(
             ctx, worker.contested, "assignment", status, out, notes, known
         )
     elif ending:
-        ended += yield from _end(worker, status, now, out)
+        # Under the evidence guard, a request that names its assignment ends that one alone.
+        named = event.identity.assignment_id if evidence else None
+        ended += yield from _end(worker, status, now, out, notes, named)
         done = []
     else:
         done = []
@@ -1616,14 +1618,42 @@ def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]
     yield  # pragma: no cover - makes this a generator
 
 
-def _end(worker: Worker, status: AssignmentStatus, at: datetime, out: _Writes) -> Ask[list[str]]:
+def _end(
+    worker: Worker,
+    status: AssignmentStatus,
+    at: datetime,
+    out: _Writes,
+    notes: list[str] | None = None,
+    named: str | None = None,
+) -> Ask[list[str]]:
     """End ``worker``'s session as asked at ``at``: its RUNNING assignments take ``status``.
 
     Its assignments are those the store holds for it, as this request's writes leave them
-    (work it just took by a transfer or a merge included, work moved away excluded)."""
+    (work it just took by a transfer or a merge included, work moved away excluded).  When the
+    request ``named`` its assignment and the worker holds it, that one alone ends: the others
+    came from another session (a transfer, a merge) and stay ``RUNNING``."""
     stored = [] if worker.id in out.inserted else (yield from _running_of([worker.id]))
     mine = {a.id: out.assignments.get(a.id, a) for a in stored}
     mine.update({k: a for k, a in out.assignments.items() if a.worker_id == worker.id})
+    if named is not None and named in mine and len(mine) > 1:
+        others = sorted(
+            k
+            for k, a in mine.items()
+            if k != named and a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING
+        )
+        if others:
+            # The worker's session goes on: the work left on it is another session's.
+            a = mine[named]
+            out.assignment(attrs.evolve(a, status=status, ended_at=at))
+            latest = out.latest(worker)
+            if latest.assignment_id == named:
+                out.worker(attrs.evolve(latest, assignment_id=others[-1]))
+            if notes is not None:
+                notes.append(
+                    f"left {', '.join(others)} RUNNING on {worker.id}: the request names its "
+                    f"own assignment, {named}, and ends that one alone"
+                )
+            return [named]
     ended: list[str] = []
     for aid in sorted(mine):
         a = mine[aid]

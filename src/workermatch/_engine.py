@@ -19,7 +19,7 @@ import attrs
 from ._decision import NEW_WORKER, Ask, Decision, Outcome, choose, decide
 from ._errors import InvalidInput, StorageError, WorkermatchError
 from ._model import Event, EventKind, Identity, normalize_time
-from ._observe import report
+from ._observe import deciding
 from ._policy import DEFAULT_POLICY, Policy
 from ._protocol import UpdateWorker, WorkerRepository
 
@@ -182,8 +182,9 @@ def apply_event(
         repo.write(outcome.writes)
         return outcome
 
-    outcome = _guarded(repo, unit)
-    report(outcome)
+    with deciding(event) as watch:
+        outcome = _guarded(repo, unit)
+        watch.report(outcome)
     return outcome
 
 

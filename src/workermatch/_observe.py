@@ -1,15 +1,23 @@
-"""Watching decisions: the ``workermatch`` logger and outcome hooks.
+"""Watching decisions: the ``workermatch`` logger, outcome hooks, and instruments.
 
-Every decision that :func:`~workermatch.apply_event` writes is reported once, after it is
-committed:
+Every decision that :func:`~workermatch.apply_event` (either driver: :mod:`workermatch.aio`
+reports the same way) writes is reported once, after it is committed:
 
 * to the ``workermatch`` logger (a :class:`logging.NullHandler` by default, so nothing is
   printed unless the application configures logging): one ``DEBUG`` record per decision, and a
-  ``WARNING`` for a decision that raised an alert.  Each record carries the outcome's
+  ``WARNING`` instead for a decision that raised an alert.  Each record carries the outcome's
   :meth:`~workermatch.Outcome.to_dict` under ``record.workermatch`` (``extra``), for structured
-  log handlers;
+  log handlers.  ``DEBUG``, because a server makes one decision per request: at ``INFO`` a busy
+  fleet would fill the application's log;
 * to every hook added with :func:`add_outcome_hook`, called with the
-  :class:`~workermatch.Outcome` (a hook that raises is logged and does not fail the request).
+  :class:`~workermatch.Outcome` (a hook that raises is logged and does not fail the request);
+* to the instruments installed by :mod:`workermatch.otel` (one span around each decision, and
+  counters).
+
+The SQL stores (synchronous and asyncio) and the Django repository report here too: a
+``WARNING`` when their retries of a conflicting transaction run out, and each retry to the
+instruments.  Hooks and instruments are kept in tuples replaced under a lock, so adding or
+removing one while other threads decide is safe.
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ._decision import Outcome
+    from ._model import Event
 
 __all__ = ["add_outcome_hook", "logger", "remove_outcome_hook"]
 
@@ -30,6 +39,20 @@ logger.addHandler(logging.NullHandler())
 
 _lock = threading.Lock()
 _hooks: tuple[Callable[[Outcome], object], ...] = ()
+
+
+class Instrument(Protocol):
+    """What :mod:`workermatch.otel` installs: told when a decision starts and ends, and when a
+    SQL store runs a transaction again.  Its methods must not raise (a failure is logged)."""
+
+    def start(self, event: Event) -> Any: ...
+
+    def finish(self, token: Any, outcome: Outcome | None, error: BaseException | None) -> None: ...
+
+    def retried(self, backend: str) -> None: ...
+
+
+_instruments: tuple[Instrument, ...] = ()
 
 
 def add_outcome_hook(hook: Callable[[Outcome], object]) -> Callable[[], None]:
@@ -59,6 +82,18 @@ def remove_outcome_hook(hook: Callable[[Outcome], object]) -> None:
         _hooks = tuple(hooks)
 
 
+def add_instrument(instrument: Instrument) -> None:
+    global _instruments
+    with _lock:
+        _instruments = (*_instruments, instrument)
+
+
+def remove_instrument(instrument: Instrument) -> None:
+    global _instruments
+    with _lock:
+        _instruments = tuple(i for i in _instruments if i is not instrument)
+
+
 def report(outcome: Outcome) -> None:
     """Report a committed decision to the logger and the hooks."""
     alert = outcome.alert
@@ -81,3 +116,54 @@ def report(outcome: Outcome) -> None:
             hook(outcome)
         except Exception:
             logger.exception("an outcome hook failed: %r", hook)
+
+
+class Deciding:
+    """One decision being applied, for the instruments: ``with deciding(event) as d: ...;
+    d.report(outcome)``.  Costs next to nothing when no instrument is installed."""
+
+    __slots__ = ("event", "outcome", "started")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.outcome: Outcome | None = None
+        self.started: list[tuple[Instrument, Any]] = []
+
+    def __enter__(self) -> Deciding:
+        for instrument in _instruments:
+            try:
+                self.started.append((instrument, instrument.start(self.event)))
+            except Exception:
+                logger.exception("an instrument failed: %r", instrument)
+        return self
+
+    def report(self, outcome: Outcome) -> None:
+        """The decision was committed: report it (logger, hooks) inside the instruments' span."""
+        self.outcome = outcome
+        report(outcome)
+
+    def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        for instrument, token in reversed(self.started):
+            try:
+                instrument.finish(token, self.outcome, error)
+            except Exception:
+                logger.exception("an instrument failed: %r", instrument)
+
+
+deciding = Deciding
+
+
+def retried(backend: str) -> None:
+    """A SQL store (or the Django repository) ran a unit again after a conflict on ``backend``."""
+    for instrument in _instruments:
+        try:
+            instrument.retried(backend)
+        except Exception:
+            logger.exception("an instrument failed: %r", instrument)
+
+
+def gave_up(attempts: int, elapsed: float, message: str) -> None:
+    """A SQL store's (or the Django repository's) retries of a conflicting unit ran out."""
+    logger.warning(
+        "gave up after %d attempts in %.2f s of conflicts: %s", attempts, elapsed, message
+    )

@@ -29,7 +29,7 @@ from ._engine import _check_args, _check_match_args, _check_now, _check_policy
 from ._errors import StorageError, WorkermatchError
 from ._memory import InMemoryWorkerRepository
 from ._model import Assignment, Identity, Worker, normalize_time
-from ._observe import report
+from ._observe import deciding
 from ._policy import DEFAULT_POLICY, Policy
 from ._protocol import UpdateWorker, Write
 
@@ -163,8 +163,9 @@ async def apply_event(
         await repo.write(outcome.writes)
         return outcome
 
-    outcome = await _guarded(repo, unit)
-    report(outcome)
+    with deciding(event) as watch:
+        outcome = await _guarded(repo, unit)
+        watch.report(outcome)
     return outcome
 
 

@@ -101,6 +101,92 @@ def test_a_hook_must_be_callable() -> None:
         wm.add_outcome_hook("print")  # type: ignore[arg-type]
 
 
+def test_the_async_driver_reports_alike(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from workermatch import aio
+
+    caplog.set_level(logging.DEBUG, logger="workermatch")
+    seen: list[wm.Outcome] = []
+
+    async def play() -> list[wm.Outcome]:
+        repo = aio.AsyncInMemoryWorkerRepository()
+        return [
+            await aio.apply_event(wm.Event.register("10.0.0.1"), T0, repo),
+            await aio.apply_event(wm.Event.heartbeat("10.0.0.1"), T0, repo),
+        ]
+
+    remove = wm.add_outcome_hook(seen.append)
+    try:
+        outcomes = asyncio.run(play())
+    finally:
+        remove()
+    assert seen == outcomes
+    records = [r for r in caplog.records if r.name == "workermatch"]
+    assert [r.workermatch for r in records] == [o.to_dict() for o in outcomes]  # type: ignore[attr-defined]
+
+
+def test_hooks_added_and_removed_while_threads_decide_see_each_decision_once() -> None:
+    import threading
+
+    repo = wm.InMemoryWorkerRepository()
+    counted: list[str] = []
+    remove = wm.add_outcome_hook(lambda o: counted.append(o.worker.id))
+    churn_stop = threading.Event()
+
+    def churn() -> None:  # other hooks come and go meanwhile
+        while not churn_stop.is_set():
+            wm.add_outcome_hook(print)()
+
+    def decide(n: int) -> None:
+        for i in range(25):
+            wm.apply_event(wm.Event.heartbeat(f"10.{n}.0.{i}"), T0, repo)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    threads = [threading.Thread(target=decide, args=(n,)) for n in range(8)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        churn_stop.set()
+        churner.join()
+        remove()
+    assert len(counted) == 200
+    assert sorted(counted) == sorted(w.id for w in repo.all_workers())
+
+
+def test_exhausted_storage_retries_are_a_warning(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+    from pathlib import Path
+
+    sql = pytest.importorskip("workermatch.sql")
+    path = Path(str(tmp_path)) / "locked.db"
+    with sql.SQLWorkerRepository.from_url(f"sqlite:///{path}") as repo:
+        repo.create_schema()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    retry = sql.RetryPolicy(max_attempts=3, sleep=lambda _: None)
+    try:
+        with (
+            sql.SQLWorkerRepository.from_url(
+                f"sqlite:///{path}", retry=retry, connect_args={"timeout": 0.01}
+            ) as repo,
+            pytest.raises(wm.TransientStorageError),
+        ):
+            wm.apply_event(wm.Event.heartbeat("10.0.0.1"), T0, repo)
+    finally:
+        other.close()
+    (warning,) = [r for r in caplog.records if r.name == "workermatch"]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith("gave up after 3 attempts")
+    assert "database is locked" in warning.getMessage()
+
+
 # ---------------------------------------------------------------------------------------------
 # Signed worker tokens
 

@@ -356,3 +356,25 @@ def test_work_moved_off_a_contested_worker_carries_its_doubt() -> None:
     assert done.ended == ()
     assert done.held == tuple(sorted((heir, other)))
     assert done.alert is wm.Alert.END_HELD
+
+
+def test_a_finished_that_names_its_assignment_ends_that_one_alone() -> None:
+    """Clones share a hostname: the stale work of one follows the other when it identifies
+    itself.  The second clone's `finished` names its own assignment: that one ends, and the
+    work that came from its twin stays RUNNING (its own machine's end may still come)."""
+    repo = new_repo()
+    apply(repo, 0, wm.Event.claim("10.0.0.1", "A1"))
+    apply(repo, 10, wm.Event.heartbeat("10.0.0.1", hostname=HOST))
+    later = 10 + wm.DEFAULT_POLICY.stale_after.total_seconds() + 60
+    apply(repo, later, wm.Event.claim("10.0.0.2", "A2"))
+    took = apply(repo, later + 10, wm.Event.heartbeat("10.0.0.2", hostname=HOST))
+    assert took.transferred == ("A1",)
+    done = apply(repo, later + 100, wm.Event.gui_update("10.0.0.2", "finished", assignment_id="A2"))
+    assert done.ended == ("A2",)
+    assert "left A1 RUNNING" in done.explain()
+    a1 = repo.get_assignment("A1")
+    assert a1 is not None
+    assert (a1.status, a1.worker_id) == (wm.AssignmentStatus.RUNNING, done.worker.id)
+    worker = repo.get_worker(done.worker.id)
+    assert worker is not None
+    assert (worker.ended_at, worker.assignment_id) == (None, "A1")

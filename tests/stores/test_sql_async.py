@@ -162,15 +162,20 @@ def test_a_heartbeat_matching_by_exact_ip_costs_the_same_two_statements(
 ) -> None:
     repo, loop = _store(store_factory)
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], list[str]]:
         await aio.apply_event(wm.Event.claim("10.0.0.1", "A1"), T0, repo, create_assignments=True)
+        later = T0 + timedelta(seconds=30)
         with counting(repo) as statements:
-            outcome = await aio.apply_event(wm.Event.heartbeat("10.0.0.1"), T0, repo)
+            outcome = await aio.apply_event(wm.Event.heartbeat("10.0.0.1"), later, repo)
         assert outcome.rule is wm.Rule.EXACT_IP
-        return statements
+        # The same heartbeat again at the same instant changes no column: no UPDATE at all.
+        with counting(repo) as unchanged:
+            await aio.apply_event(wm.Event.heartbeat("10.0.0.1"), later, repo)
+        return statements, unchanged
 
-    statements = loop.run(go())
+    statements, unchanged = loop.run(go())
     assert [s.split(None, 1)[0].upper() for s in statements] == ["SELECT", "UPDATE"]
+    assert [s.split(None, 1)[0].upper() for s in unchanged] == ["SELECT"]
 
 
 @async_stores

@@ -169,7 +169,9 @@ def test_db_without_the_sql_extra_says_what_to_install(
     monkeypatch.setitem(sys.modules, "workermatch.sql", None)
     status, out = run("replay", write(tmp_path, CLAIM), "--db", "sqlite:///x.db")
     assert (status, out) == (2, "")
-    assert "workermatch[sql]" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "install the sql extra" in line
+    assert "pip install '.[sql]'" in line
 
 
 def test_replay_on_sqlite_prints_what_memory_prints(

@@ -1,2 +1,3 @@
-"""Integrations with frameworks, each an optional extra: ``workermatch.contrib.django``
-(``pip install workermatch[django]``).  The package root never imports them."""
+"""Integrations with frameworks, each an optional extra: ``workermatch.contrib.django`` (the
+``django`` extra: from a checkout, ``python -m pip install '.[django]'``).  The package root
+never imports them."""

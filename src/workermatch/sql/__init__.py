@@ -1,10 +1,9 @@
 """SQL repositories on SQLAlchemy 2: SQLite, PostgreSQL (psycopg 3) and MariaDB (PyMySQL), and
 their asyncio twin :class:`AsyncSQLWorkerRepository` (aiosqlite, asyncpg, aiomysql).
 
-Install with ``pip install workermatch[sql]`` (SQLite), ``workermatch[postgresql]`` or
-``workermatch[mysql]``; for asyncio ``workermatch[sqlite-async]``,
-``workermatch[postgresql-async]`` or ``workermatch[mysql-async]``.  The package root never
-imports this module.
+Install the ``sql`` extra (SQLite), or ``postgresql`` or ``mysql`` for a server; for asyncio
+``sqlite-async``, ``postgresql-async`` or ``mysql-async``: from a checkout,
+``python -m pip install '.[sql]'``.  The package root never imports this module.
 
 >>> from workermatch.sql import SQLWorkerRepository
 >>> repo = SQLWorkerRepository.from_url("sqlite://")

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
+from .._observe import retried
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
@@ -72,8 +73,8 @@ def _async_types() -> tuple[type[Any], type[Any], type[Any]]:
         from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
     except ImportError as exc:  # pragma: no cover - greenlet missing
         raise StorageError(
-            f"SQLAlchemy's asyncio extension is not available ({exc}): install "
-            "'workermatch[asyncio]'"
+            f"SQLAlchemy's asyncio extension is not available ({exc}): install the "
+            "asyncio extra (from a checkout: python -m pip install '.[asyncio]')"
         ) from exc
     return AsyncEngine, AsyncConnection, AsyncSession
 
@@ -264,10 +265,12 @@ class AsyncSQLWorkerRepository:
         <workermatch.sql.SQLWorkerRepository.create_schema>`, awaited."""
         await self._ddl(self._core.create_schema)
 
-    async def check_schema(self) -> None:
+    async def check_schema(self, *, create_assignments: bool = False) -> None:
         """:meth:`SQLWorkerRepository.check_schema
-        <workermatch.sql.SQLWorkerRepository.check_schema>`, awaited."""
-        await self._ddl(self._core.check_schema)
+        <workermatch.sql.SQLWorkerRepository.check_schema>`, awaited: one
+        :class:`~workermatch.StorageError` listing every defect of the tables."""
+        core = self._core
+        await self._ddl(lambda conn: core.check_schema(conn, create_assignments=create_assignments))
 
     async def drop_schema(self) -> None:
         """:meth:`SQLWorkerRepository.drop_schema
@@ -305,6 +308,8 @@ class AsyncSQLWorkerRepository:
 
     async def get_worker(self, worker_id: str) -> Worker | None:
         check_id(worker_id, "worker_id")
+        if not self._core.t.storable_worker_id(worker_id):
+            return None  # no row of an integer or uuid column has such an id
         found = await self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
@@ -315,6 +320,8 @@ class AsyncSQLWorkerRepository:
 
     async def get_assignment(self, assignment_id: str) -> Assignment | None:
         check_id(assignment_id, "assignment_id")
+        if not self._core.t.storable_assignment_id(assignment_id):
+            return None
         return await self._read(
             "reading an assignment", lambda unit: self._core.get_assignment(unit, assignment_id)
         )
@@ -354,7 +361,8 @@ class AsyncSQLWorkerRepository:
         )
 
     async def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
-        ids = list(dict.fromkeys(worker_ids))
+        storable = self._core.t.storable_worker_id
+        ids = [i for i in dict.fromkeys(worker_ids) if storable(i)]
         cached = self._core.cached_running(current_unit(self), ids)
         if cached is not None:
             return cached
@@ -444,6 +452,7 @@ class AsyncSQLWorkerRepository:
                 # A conflict: the connection is back in the pool while we wait.
                 assert pause is not None
                 self._retries += 1
+                retried(self._backend)
                 await _pause(policy, pause)
 
     # -- internals -------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ bridged to the event loop.  So both repositories send the same SQL text, convert
 way and classify a driver's error the same way; only how a connection is obtained, and how a
 unit waits, differ.
 
-The unit in progress (its connection, and the RUNNING assignments its worker queries fetched)
-lives in a :class:`contextvars.ContextVar`: each thread, and each asyncio task, sees its own.
+The unit in progress (its connection, the RUNNING assignments its worker queries fetched, and
+the rows it read or wrote) lives in a :class:`contextvars.ContextVar`: each thread, and each
+asyncio task, sees its own.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .._errors import InvalidInput, StorageError, TransientStorageError
 from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
-from .._observe import logger
+from .._observe import gave_up
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from .._retry import PG_CONFLICT, PG_TRANSIENT, RetryPolicy
+from ._check import library_indexes_present, missing_indexes, schema_defects
 from ._mapping import TableMapping
-from ._tables import Tables, build_tables
+from ._tables import Tables, build_tables, changed_fields
 
 T = TypeVar("T")
 
@@ -135,15 +137,18 @@ def configure_engine(engine: Engine) -> Engine:
 
 class Unit:
     """One unit in progress: the connection it runs on (``handle``: the asyncio connection
-    wrapping it, for the asyncio repository) and, while it has written nothing, the RUNNING
-    assignments of the workers its queries returned."""
+    wrapping it, for the asyncio repository); while it has written nothing, the RUNNING
+    assignments of the workers its queries returned; and ``seen``, each row as this unit last
+    read or wrote it (keyed ``("w" or "a", id)``): an update writes only the columns that
+    differ from it."""
 
-    __slots__ = ("conn", "handle", "running")
+    __slots__ = ("conn", "handle", "running", "seen")
 
     def __init__(self, conn: Connection, handle: Any = None) -> None:
         self.conn = conn
         self.handle = handle
         self.running: dict[str, list[Assignment]] | None = {}
+        self.seen: dict[tuple[str, str], Worker | Assignment] = {}
 
 
 _UNITS: ContextVar[Mapping[object, Unit]] = ContextVar(
@@ -201,7 +206,7 @@ class Core:
         self.dialect = dialect
         self.backend = dialect.name
         self.mapping = mapping
-        self.t: Tables = build_tables(mapping)
+        self.t: Tables = build_tables(mapping, self.backend)
         self.id_factory = id_factory
         self._w_cols = [self.t.w[f] for f in self.t.w]
         self._a_cols = [self.t.a[f] for f in self.t.a]
@@ -246,23 +251,23 @@ class Core:
         cache = unit.running
         if cache is None or query in ("all", "unflagged"):
             rows = self.raw(unit, self._r_workers[query], params)
-            return [self.worker(r) for r in rows]
+            return [self.worker(r, unit) for r in rows]
         n = len(self._w_cols)
         workers: dict[str, Worker] = {}
         running: dict[str, list[Assignment]] = {}
         for row in self.raw(unit, self._r_workers_joined[query], params):
             wid = row[0]
             if wid not in workers:
-                workers[wid] = self.worker(row[:n])
+                workers[wid] = self.worker(row[:n], unit)
                 running[wid] = []
             if row[n] is not None:
-                running[wid].append(self.assignment(row[n:]))
+                running[wid].append(self.assignment(row[n:], unit))
         cache.update(running)
         return list(workers.values())
 
     def get_assignment(self, unit: Unit, assignment_id: str) -> Assignment | None:
         rows = self.raw(unit, self._r_assignment, {"aid": assignment_id})
-        return self.assignment(rows[0]) if rows else None
+        return self.assignment(rows[0], unit) if rows else None
 
     @staticmethod
     def cached_running(unit: Unit | None, ids: list[str]) -> list[Assignment] | None:
@@ -274,10 +279,10 @@ class Core:
 
     def running_assignments_of(self, unit: Unit, ids: Collection[str]) -> list[Assignment]:
         rows = unit.conn.execute(self._q_running_of, {"ids": list(ids)})
-        return [self.assignment(r) for r in rows]
+        return [self.assignment(r, unit) for r in rows]
 
     def all_assignments(self, unit: Unit) -> list[Assignment]:
-        return [self.assignment(r) for r in self.raw(unit, self._r_all_assignments, {})]
+        return [self.assignment(r, unit) for r in self.raw(unit, self._r_all_assignments, {})]
 
     def clock(self, unit: Unit) -> datetime:
         value = unit.conn.execute(sa.select(self.utc_now_sql())).scalar_one()
@@ -298,28 +303,49 @@ class Core:
     def write(self, unit: Unit, ops: list[Write]) -> None:
         unit.running = None  # the cache no longer describes the store
         m = self.mapping
-        wid, aid = self.t.w["id"].name, self.t.a["id"].name
+        seen = unit.seen
         for op in ops:
+            problem = self.t.unstorable(op)
+            if problem is not None:
+                raise InvalidInput(f"{problem} (see the mapping's worker_types / assignment_types)")
             if isinstance(op, InsertWorker):
                 values = self.worker_values(op.worker)
                 values.update(m.worker_defaults)
                 self.raw(unit, self._r_ins_worker, values, fetch=False)
-            elif isinstance(op, UpdateWorker):
-                values = self.worker_values(op.worker)
-                values["_key"] = values.pop(wid)
-                if self.raw(unit, self._r_upd_worker, values, fetch=False) != 1:
-                    raise StorageError(f"worker {op.worker.id!r} does not exist")
             elif isinstance(op, InsertAssignment):
                 values = self.assignment_values(op.assignment)
                 values.update(m.assignment_defaults)
                 self.raw(unit, self._r_ins_assignment, values, fetch=False)
-            elif isinstance(op, UpdateAssignment):
-                values = self.assignment_values(op.assignment)
-                values["_key"] = values.pop(aid)
-                if self.raw(unit, self._r_upd_assignment, values, fetch=False) != 1:
-                    raise StorageError(f"assignment {op.assignment.id!r} does not exist")
+            elif isinstance(op, (UpdateWorker, UpdateAssignment)):
+                self._update(unit, op)
             else:  # pragma: no cover - guarded by the type checker
                 raise StorageError(f"unknown write operation {op!r}")
+            if isinstance(op, (InsertWorker, UpdateWorker)):
+                seen[("w", op.worker.id)] = op.worker
+            else:
+                seen[("a", op.assignment.id)] = op.assignment
+
+    def _update(self, unit: Unit, op: UpdateWorker | UpdateAssignment) -> None:
+        """Write the columns of ``op``'s row that differ from the row as this unit read it (all
+        but the id and ``created_at`` when it was not read): never a column whose value the
+        decision did not change."""
+        row: Worker | Assignment
+        if isinstance(op, UpdateWorker):
+            key, row, what = ("w", op.worker.id), op.worker, "worker"
+            cols, values = self.t.w, self.worker_values(op.worker)
+        else:
+            key, row, what = ("a", op.assignment.id), op.assignment, "assignment"
+            cols, values = self.t.a, self.assignment_values(op.assignment)
+        fields = changed_fields(unit.seen.get(key), row, tuple(cols))
+        if not fields:
+            return  # nothing changed (the row was read in this unit, so it exists)
+        stmt = self._r_updates.get((what, fields))
+        if stmt is None:
+            stmt = self._r_updates[(what, fields)] = self._update_statement(what, fields)
+        params = {cols[f].name: values[cols[f].name] for f in fields}
+        params["_key"] = row.id
+        if self.raw(unit, stmt, params, fetch=False) != 1:
+            raise StorageError(f"{what} {row.id!r} does not exist")
 
     # -- the schema (each on a connection inside a transaction) -----------------------------------
 
@@ -331,32 +357,30 @@ class Core:
             self._add_missing(conn, sa.inspect(conn), ADDED_SINCE_0_1)
         else:
             self._add_columns(conn, insp)
-        insp = sa.inspect(conn)
-        for index in self.t.indexes:
-            table = index.table
-            assert table is not None
-            names = {ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)}
-            if index.name not in names:
-                index.create(conn)
-        self._check_collations(conn)
+        for index in missing_indexes(sa.inspect(conn), self.t):
+            index.create(conn)
+        self.check_schema(conn, create_assignments=False)
 
-    def check_schema(self, conn: Connection) -> None:
+    def check_schema(self, conn: Connection, *, create_assignments: bool = False) -> None:
+        """Raise one StorageError listing every way the tables differ from what the mapping
+        needs (``_check.schema_defects``); read-only."""
         insp = sa.inspect(conn)
         schema = self.mapping.schema
-        for table, wanted in (
-            (self.t.workers, self.t.w.values()),
-            (self.t.assignments, self.t.a.values()),
-        ):
-            if not insp.has_table(table.name, schema=schema):
-                raise StorageError(f"table {table.fullname!r} does not exist")
-            have = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
-            missing = [c.name for c in wanted if c.name not in have]
-            if missing:
-                raise StorageError(
-                    f"table {table.fullname!r} has no column(s) {', '.join(missing)}; "
-                    "check the mapping or run create_schema()"
-                )
-        self._check_collations(conn)
+        tables = [self.t.workers.name, self.t.assignments.name]
+        exists = all(insp.has_table(name, schema=schema) for name in tables)
+        defects = schema_defects(
+            conn,
+            self.t,
+            self.backend,
+            self._collations(conn) if exists else None,
+            create_assignments=create_assignments,
+        )
+        if defects:
+            listed = "".join(f"\n  - {d}" for d in defects)
+            raise StorageError(
+                f"the tables do not fit the mapping ({len(defects)} defect"
+                f"{'s' if len(defects) != 1 else ''}):{listed}"
+            )
 
     def drop_schema(self, conn: Connection) -> None:
         if self.mapping.owns_tables:
@@ -364,12 +388,8 @@ class Core:
             return
         insp = sa.inspect(conn)
         prep = conn.dialect.identifier_preparer
-        for index in self.t.indexes:
-            table = index.table
-            assert table is not None
-            names = {ix["name"] for ix in insp.get_indexes(table.name, schema=self.mapping.schema)}
-            if index.name in names:
-                index.drop(conn)
+        for index in library_indexes_present(insp, self.t):
+            index.drop(conn)
         present = {
             c["name"] for c in insp.get_columns(self.t.workers.name, schema=self.mapping.schema)
         }
@@ -380,23 +400,6 @@ class Core:
                     f"ALTER TABLE {prep.format_table(self.t.workers)} "
                     f"DROP COLUMN {prep.format_column(col)}"
                 )
-
-    def _check_collations(self, conn: Connection) -> None:
-        found = self._collations(conn)
-        for col in self.t.exact:
-            table = col.table
-            collation = found.get((table.name, col.name))
-            if collation is None or collation[1]:
-                continue
-            fix = {
-                "postgresql": 'a deterministic collation (the database default, or "C")',
-                "sqlite": "the default BINARY collation",
-            }.get(self.backend, "a binary collation, utf8mb4_bin")
-            raise StorageError(
-                f"column {col.name!r} of table {table.name!r} uses collation "
-                f"{collation[0]!r}, which compares different ids or hostnames as equal (case, "
-                f"accents, width or Unicode normalisation ignored); give it {fix}"
-            )
 
     def _collations(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
         """(table, column) -> (collation, whether it compares exactly), for the two tables'
@@ -476,11 +479,12 @@ class Core:
                     "mapping"
                 )
 
-    def worker(self, row: Sequence[Any]) -> Worker:
+    def worker(self, row: Sequence[Any], unit: Unit | None = None) -> Worker:
+        """The worker of ``row``, remembered as read by ``unit``."""
         (wid, ip, hostname, created_at, last_seen, status, stale, aid, ended_at, merged) = row[:10]
         hostname_seen, contested, held_end = row[10:13]
         try:
-            return Worker(
+            worker = Worker(
                 id=wid,
                 ip=ip,
                 hostname=hostname,
@@ -497,11 +501,15 @@ class Core:
             )
         except (KeyError, ValueError, InvalidInput) as exc:
             raise StorageError(f"worker row {wid!r} cannot be read: {exc!r}") from exc
+        if unit is not None:
+            unit.seen[("w", worker.id)] = worker
+        return worker
 
-    def assignment(self, row: Sequence[Any]) -> Assignment:
+    def assignment(self, row: Sequence[Any], unit: Unit | None = None) -> Assignment:
+        """The assignment of ``row``, remembered as read by ``unit``."""
         (aid, status, worker_id, started_at, ended_at) = row
         try:
-            return Assignment(
+            assignment = Assignment(
                 id=aid,
                 status=self._astatus_back[status],
                 worker_id=worker_id,
@@ -510,6 +518,9 @@ class Core:
             )
         except (KeyError, InvalidInput) as exc:
             raise StorageError(f"assignment row {aid!r} cannot be read: {exc!r}") from exc
+        if unit is not None:
+            unit.seen[("a", assignment.id)] = assignment
+        return assignment
 
     def worker_values(self, w: Worker) -> dict[str, Any]:
         c = self.t.w
@@ -629,9 +640,7 @@ class Core:
             delay = policy.delay(attempt)
             if attempt < policy.max_attempts and elapsed + delay <= policy.max_time:
                 return Failure(cause, pause=delay)
-            logger.warning(
-                "gave up after %d attempts in %.2f s of conflicts: %s", attempt, elapsed, text
-            )
+            gave_up(attempt, elapsed, text)
             return Failure(
                 cause,
                 error=TransientStorageError(
@@ -686,7 +695,7 @@ class Core:
         wheres: dict[str, tuple[sa.ColumnElement[bool], ...]] = {
             "by_id": (w["id"] == b("wid"),),
             "by_ip": (w["ip"] == b("ip"), w["last_seen"] >= b("since"), *live),
-            "by_host": (w["hostname"] == b("host"), w["last_seen"] >= b("since"), *live),
+            "by_host": (t.hostname_key == b("host"), w["last_seen"] >= b("since"), *live),
             "recent": (
                 w["status"] == w_running,
                 w["created_at"] >= b("created"),
@@ -700,7 +709,7 @@ class Core:
                 stale_or_old,
             ),
             "stale_host": (
-                w["hostname"] == b("host"),
+                t.hostname_key == b("host"),
                 w["status"] == w_running,
                 w["merged_into"].is_(None),
                 stale_or_old,
@@ -742,6 +751,8 @@ class Core:
         self._upd_worker = sa.update(t.workers).where(w["id"] == b("_key")).values(touch_w)
         self._ins_assignment = sa.insert(t.assignments).values(touch_a)
         self._upd_assignment = sa.update(t.assignments).where(a["id"] == b("_key")).values(touch_a)
+        # Updates are compiled per set of changed columns, on first use (see _update).
+        self._r_updates: dict[tuple[str, tuple[str, ...]], Raw] = {}
 
         # The same statements compiled once for this engine's dialect, run on the driver's own
         # cursor (see _raw).
@@ -753,9 +764,14 @@ class Core:
         w_keys = [c.name for c in self._w_cols]
         a_keys = [c.name for c in self._a_cols]
         self._r_ins_worker = Raw(self._ins_worker, d, [*w_keys, *m.worker_defaults])
-        self._r_upd_worker = Raw(self._upd_worker, d, w_keys[1:])
         self._r_ins_assignment = Raw(self._ins_assignment, d, [*a_keys, *m.assignment_defaults])
-        self._r_upd_assignment = Raw(self._upd_assignment, d, a_keys[1:])
+
+    def _update_statement(self, what: str, fields: tuple[str, ...]) -> Raw:
+        if what == "worker":
+            stmt, cols = self._upd_worker, self.t.w
+        else:
+            stmt, cols = self._upd_assignment, self.t.a
+        return Raw(stmt, self.dialect, [cols[f].name for f in fields])
 
 
 class _SQLiteHintingCompiler(SQLiteCompiler):
@@ -769,7 +785,7 @@ class _SQLiteHintingCompiler(SQLiteCompiler):
 class Raw:
     """A statement compiled once for one dialect: its SQL text, and how to pass parameters."""
 
-    __slots__ = ("defaults", "escape", "positional", "sql")
+    __slots__ = ("binders", "defaults", "escape", "positional", "sql")
 
     def __init__(
         self, stmt: Any, dialect: sa.Dialect, column_keys: list[str] | None = None
@@ -786,11 +802,21 @@ class Raw:
         )
         self.escape: dict[str, str] = dict(compiled.escaped_bind_names or {})
         self.defaults: dict[str, Any] = dict(compiled.construct_params(_check=False))
+        # Columns whose values the driver takes otherwise than the repository's default
+        # conversion (integer ids, timestamptz): the column type says how.
+        self.binders: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            binder = getattr(bind.type, "raw_binder", None)
+            fn = binder(dialect) if binder is not None else None
+            if fn is not None:
+                self.binders[self.escape.get(name, name)] = fn
 
     def params(self, given: dict[str, Any], convert: Callable[[Any], Any]) -> Any:
         values = dict(self.defaults)
+        binders = self.binders
         for key, value in given.items():
-            values[self.escape.get(key, key)] = convert(value)
+            name = self.escape.get(key, key)
+            values[name] = binders[name](value) if name in binders else convert(value)
         if self.positional is None:
             return values
         return tuple(values[name] for name in self.positional)

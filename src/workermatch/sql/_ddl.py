@@ -32,7 +32,7 @@ def schema_ddl(dialect: str, mapping: TableMapping = DEFAULT_MAPPING) -> str:
             field="dialect",
             value=dialect,
         ) from None
-    t = build_tables(mapping)
+    t = build_tables(mapping, dialect)
     out: list[str] = []
     prep = d.identifier_preparer
     if mapping.owns_tables:

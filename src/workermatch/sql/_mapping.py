@@ -46,6 +46,23 @@ ADDABLE_WORKER_FIELDS = (
 )
 ASSIGNMENT_FIELDS = ("id", "status", "worker_id", "started_at", "ended_at")
 
+#: The column types a mapping can choose, per kind of field (the first is the default).
+ID_TYPES = ("text", "uuid", "integer")
+IP_TYPES = ("text", "inet")
+TIME_TYPES = ("timestamp", "timestamptz")
+#: The fields whose type a mapping can choose.  References follow what they refer to: a worker's
+#: ``assignment_id`` the assignments' ``id``, ``merged_into`` and an assignment's ``worker_id``
+#: the workers' ``id``.
+WORKER_TYPED = {
+    "id": ID_TYPES,
+    "ip": IP_TYPES,
+    "created_at": TIME_TYPES,
+    "last_seen": TIME_TYPES,
+    "ended_at": TIME_TYPES,
+    "hostname_seen": TIME_TYPES,
+}
+ASSIGNMENT_TYPED = {"id": ID_TYPES, "started_at": TIME_TYPES, "ended_at": TIME_TYPES}
+
 
 def _columns(fields: tuple[str, ...], what: str) -> Any:
     def convert(value: object) -> Mapping[str, str]:
@@ -92,7 +109,41 @@ def _statuses(enum_cls: Any, what: str) -> Any:
 def _frozen_dict(value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput("defaults must be a mapping of column to value", value=value)
+    for column, default in value.items():
+        if not isinstance(column, str) or not column:
+            raise InvalidInput("defaults: a column name must be a string", value=column)
+        if not isinstance(default, (str, int, float, bool)):
+            raise InvalidInput(
+                f"defaults[{column!r}] must be a string, an int, a float or a bool, not "
+                f"{type(default).__name__}",
+                field="defaults",
+                value=default,
+            )
     return MappingProxyType(dict(value))
+
+
+def _types(allowed: Mapping[str, tuple[str, ...]], what: str) -> Any:
+    def convert(value: object) -> Mapping[str, str]:
+        given = dict(value) if isinstance(value, Mapping) else None
+        if given is None:
+            raise InvalidInput(f"{what} must be a mapping of field to type", value=value)
+        for field, kind in given.items():
+            if field not in allowed:
+                raise InvalidInput(
+                    f"{what}: the type of {field!r} cannot be chosen; fields with a choice: "
+                    f"{', '.join(allowed)}",
+                    field=what,
+                    value=field,
+                )
+            if kind not in allowed[field]:
+                raise InvalidInput(
+                    f"{what}[{field!r}] must be one of {', '.join(allowed[field])}, not {kind!r}",
+                    field=what,
+                    value=kind,
+                )
+        return MappingProxyType({f: given.get(f, kinds[0]) for f, kinds in allowed.items()})
+
+    return convert
 
 
 def _str_tuple(value: object) -> tuple[str, ...]:
@@ -105,6 +156,8 @@ _c_worker_columns = _columns(WORKER_FIELDS, "worker_columns")
 _c_assignment_columns = _columns(ASSIGNMENT_FIELDS, "assignment_columns")
 _c_worker_statuses = _statuses(WorkerStatus, "worker_statuses")
 _c_assignment_statuses = _statuses(AssignmentStatus, "assignment_statuses")
+_c_worker_types = _types(WORKER_TYPED, "worker_types")
+_c_assignment_types = _types(ASSIGNMENT_TYPED, "assignment_types")
 
 
 def _conv_worker_columns(value: object) -> Mapping[str, str]:
@@ -123,6 +176,14 @@ def _conv_assignment_statuses(value: object) -> Mapping[AssignmentStatus, str]:
     return _c_assignment_statuses(value)  # type: ignore[no-any-return]
 
 
+def _conv_worker_types(value: object) -> Mapping[str, str]:
+    return _c_worker_types(value)  # type: ignore[no-any-return]
+
+
+def _conv_assignment_types(value: object) -> Mapping[str, str]:
+    return _c_assignment_types(value)  # type: ignore[no-any-return]
+
+
 @attrs.frozen(kw_only=True)
 class TableMapping:
     """Table and column names, status values, and what to fill in columns the library does not
@@ -134,14 +195,23 @@ class TableMapping:
     * ``worker_statuses`` / ``assignment_statuses`` map the library's statuses to the values
       stored; ``worker_status_type`` / ``assignment_status_type`` name a PostgreSQL enum type
       the status column uses (``None``: a text column).
-    * ``worker_defaults`` / ``assignment_defaults``: constant values for columns the library
-      does not model, written when it inserts a row (``NOT NULL`` columns without a default).
+    * ``worker_types`` / ``assignment_types`` choose a column type where the default (text
+      ids, text addresses, ``timestamp`` times) is not what the table has: ids ``"text"``,
+      ``"uuid"`` or ``"integer"``; the worker's ``ip`` ``"text"`` or ``"inet"``; times
+      ``"timestamp"`` (naive UTC) or ``"timestamptz"``.  ``uuid``, ``inet`` and
+      ``timestamptz`` are PostgreSQL's types (elsewhere: text, text and the plain time type).
+      References (``assignment_id``, ``merged_into``, ``worker_id``) follow the id they name.
+    * ``worker_defaults`` / ``assignment_defaults``: constant values (str, int, float or bool)
+      for columns the library does not model, written when it inserts a row (``NOT NULL``
+      columns without a default).  A column the library creates for one gets the value's type.
     * ``worker_updated_at`` / ``assignment_updated_at``: a column set to the database's current
       UTC time on every insert and update (Prisma's ``@updatedAt``).
     * ``owns_tables``: whether :meth:`~workermatch.sql.SQLWorkerRepository.create_schema`
       creates the tables.  With ``False`` (someone else's tables) it only adds the columns
       listed in ``added_worker_columns`` (nullable) and the indexes, and
-      ``drop_schema`` only removes those.
+      ``drop_schema`` only removes those.  On such tables (PostgreSQL, SQLite) hostnames are
+      compared as ``lower(hostname)``, so rows the other system wrote in capitals are found;
+      their spelling is left as it is.
     """
 
     schema: str | None = None
@@ -159,6 +229,10 @@ class TableMapping:
     )
     worker_status_type: str | None = None
     assignment_status_type: str | None = None
+    worker_types: Mapping[str, str] = attrs.field(factory=dict, converter=_conv_worker_types)
+    assignment_types: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_conv_assignment_types
+    )
     worker_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
     assignment_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
     worker_updated_at: str | None = None
@@ -177,6 +251,20 @@ class TableMapping:
                     field="added_worker_columns",
                     value=field,
                 )
+
+    def worker_type(self, field: str) -> str:
+        """The column type chosen for a worker field (``"text"`` for fields without a choice)."""
+        if field == "assignment_id":
+            return self.assignment_types["id"]
+        if field == "merged_into":
+            return self.worker_types["id"]
+        return self.worker_types.get(field, "text")
+
+    def assignment_type(self, field: str) -> str:
+        """The column type chosen for an assignment field."""
+        if field == "worker_id":
+            return self.worker_types["id"]
+        return self.assignment_types.get(field, "text")
 
     @property
     def prefix(self) -> str:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
+from .._observe import retried
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
@@ -301,18 +302,24 @@ class SQLWorkerRepository:
         """
         self._ddl(self._core.create_schema)
 
-    def check_schema(self) -> None:
-        """Check, without changing anything, that the mapped tables and columns exist and that
-        every id and hostname column compares exactly.
+    def check_schema(self, *, create_assignments: bool = False) -> None:
+        """Check, without changing anything, that the mapped tables are what the library needs,
+        and raise one :class:`~workermatch.StorageError` that lists every defect found: a
+        missing table, column or index; a column of the wrong type (a text id where the
+        mapping says ``integer``, an ``inet`` address the mapping does not declare, times in a
+        column that holds no times, ...); a ``NOT NULL`` column without a default that the
+        library would not fill when it inserts a worker (with ``create_assignments=True``, an
+        assignment too, as replays do); an id or hostname column whose collation makes two
+        different values equal.  Call it at start-up.
 
-        A column whose collation makes two different ids or hostnames equal (on MariaDB /
-        MySQL any collation but a binary one, such as the default ``utf8mb4_general_ci`` or
-        ``utf8mb4_uca1400_ai_ci``; on PostgreSQL a nondeterministic collation; on SQLite
-        ``NOCASE`` or ``RTRIM``) would make the store decide differently from the reference
-        (a claim of ``a1`` refused because ``A1`` runs): a
-        :class:`~workermatch.StorageError` naming the table, the column and the collation.
+        Such a collation (on MariaDB / MySQL any collation but a binary one, such as the
+        default ``utf8mb4_general_ci`` or ``utf8mb4_uca1400_ai_ci``; on PostgreSQL a
+        nondeterministic collation; on SQLite ``NOCASE`` or ``RTRIM``) would make the store
+        decide differently from the reference (a claim of ``a1`` refused because ``A1`` runs):
+        the message names the table, the column and the collation.
         """
-        self._ddl(self._core.check_schema)
+        core = self._core
+        self._ddl(lambda conn: core.check_schema(conn, create_assignments=create_assignments))
 
     def drop_schema(self) -> None:
         """Remove what :meth:`create_schema` made: the tables (with their rows) when the
@@ -350,6 +357,8 @@ class SQLWorkerRepository:
 
     def get_worker(self, worker_id: str) -> Worker | None:
         check_id(worker_id, "worker_id")
+        if not self._core.t.storable_worker_id(worker_id):
+            return None  # no row of an integer or uuid column has such an id
         found = self._workers("reading a worker", "by_id", {"wid": worker_id})
         return found[0] if found else None
 
@@ -362,6 +371,8 @@ class SQLWorkerRepository:
 
     def get_assignment(self, assignment_id: str) -> Assignment | None:
         check_id(assignment_id, "assignment_id")
+        if not self._core.t.storable_assignment_id(assignment_id):
+            return None
         return self._read(
             "reading an assignment", lambda unit: self._core.get_assignment(unit, assignment_id)
         )
@@ -397,7 +408,8 @@ class SQLWorkerRepository:
         )
 
     def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
-        ids = list(dict.fromkeys(worker_ids))
+        storable = self._core.t.storable_worker_id
+        ids = [i for i in dict.fromkeys(worker_ids) if storable(i)]
         cached = self._core.cached_running(current_unit(self), ids)
         if cached is not None:
             return cached
@@ -488,6 +500,7 @@ class SQLWorkerRepository:
                 assert pause is not None
                 with self._retries_lock:
                     self._retries += 1
+                retried(self._backend)
                 policy.sleep(pause)
 
     # -- internals -------------------------------------------------------------------------------

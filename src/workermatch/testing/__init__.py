@@ -1,6 +1,7 @@
 """The conformance kit: prove that your own repository decides exactly like the reference.
 
-Install with ``pip install workermatch[testing]`` (it needs pytest and Hypothesis).  The package
+Install the ``testing`` extra (it needs pytest and Hypothesis): from a checkout,
+``python -m pip install '.[testing]'``.  The package
 root never imports this module.
 
 * :class:`RepositoryContract` -- subclass it as ``TestMyRepository`` and supply

@@ -229,6 +229,40 @@ def test_a_conflict_is_run_again_until_it_passes(using: str) -> None:
     assert [w.id for w in repo.all_workers()] == ["w3"]  # the failed runs left nothing
 
 
+def test_the_runs_again_are_counted_by_workermatch_otel(using: str) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import workermatch.otel
+
+    reader = InMemoryMetricReader()
+    workermatch.otel.instrument(meter_provider=MeterProvider(metric_readers=[reader]))
+    repo = DjangoWorkerRepository(using, retry=no_wait())
+    calls: list[int] = []
+
+    def unit() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise conflict(using)
+
+    try:
+        repo.atomically(unit)
+    finally:
+        workermatch.otel.uninstrument()
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [
+        (dict(point.attributes or {}), point.value)  # type: ignore[union-attr]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "workermatch.storage.retries"
+        for point in metric.data.data_points
+    ]
+    vendor = "sqlite" if using == "sqlite" else "postgresql"
+    assert points == [({"db.system.name": vendor}, 2)]
+
+
 def test_conflicts_that_do_not_stop_give_a_transient_error(using: str) -> None:
     pauses: list[float] = []
     policy = RetryPolicy(max_attempts=4, sleep=pauses.append, random=lambda: 1.0)

@@ -1,8 +1,9 @@
 """workermatch in a Django project: the library's two tables as models (with their migration),
 and :class:`DjangoWorkerRepository`, the ``WorkerRepository`` protocol on the Django ORM.
 
-Install with ``pip install workermatch[django]``, add ``"workermatch.contrib.django"`` to
-``INSTALLED_APPS``, run ``manage.py migrate workermatch``; then in a view::
+Install the ``django`` extra (from a checkout, ``python -m pip install '.[django]'``), add
+``"workermatch.contrib.django"`` to ``INSTALLED_APPS``, run ``manage.py migrate workermatch``;
+then in a view::
 
     from workermatch.contrib.django import DjangoWorkerRepository
 

@@ -43,7 +43,7 @@ from django.utils.connection import ConnectionDoesNotExist
 
 from ..._errors import InvalidInput, StorageError, TransientStorageError
 from ..._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
-from ..._observe import logger
+from ..._observe import gave_up, retried
 from ..._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from ..._retry import DEFAULT_RETRY, PG_CONFLICT, PG_TRANSIENT, RetryPolicy
 from . import models
@@ -373,12 +373,7 @@ class DjangoWorkerRepository:
                 elapsed = policy.clock() - started
                 pause = policy.delay(attempt)
                 if attempt >= policy.max_attempts or elapsed + pause > policy.max_time:
-                    logger.warning(
-                        "gave up after %d attempts in %.2f s of conflicts: %s",
-                        attempt,
-                        elapsed,
-                        message,
-                    )
+                    gave_up(attempt, elapsed, message)
                     raise TransientStorageError(
                         f"{message} (gave up after {attempt} attempt"
                         f"{'s' if attempt != 1 else ''} in {elapsed:.2f} s; the database kept "
@@ -389,6 +384,7 @@ class DjangoWorkerRepository:
                 self._unit.depth -= 1
             with self._retries_lock:
                 self._retries += 1
+            retried(self._vendor)
             policy.sleep(pause)
 
     def _nested(self, fn: Callable[[], T], *, serialisable: bool) -> T:

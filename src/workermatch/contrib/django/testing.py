@@ -24,7 +24,8 @@ example, deletes every row of the two workermatch tables first (:func:`empty_tab
 example starts from empty tables.  Rows of those tables that your own fixtures added are
 deleted too; other tables are not touched.
 
-Install with ``pip install workermatch[django,testing]``.
+Install the ``django`` and ``testing`` extras (from a checkout,
+``python -m pip install '.[django,testing]'``).
 """
 
 from __future__ import annotations

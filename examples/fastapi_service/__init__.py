@@ -1,0 +1,1 @@
+"""An example worker-facing service on FastAPI and workermatch's asyncio driver (``app.py``)."""
