@@ -23,7 +23,9 @@ included, which reads every recent running worker) and the database's clock (``n
 It reports, per database: how many machines' heartbeat pairs were split between two workers
 (a race: must be 0), the distribution of workers per machine (claim and pair; a machine whose
 pair adopted another machine's claim is a matching question, not a race), whether any
-assignment is held twice, the repository's ``retries`` per request, latency p50/p99/max,
+assignment is held twice, the repository's ``retries`` per request (runs again after a
+conflict) and ``reruns`` per request (runs again from the start to take the lock of the recent
+running workers, see docs/stores.md), latency p50/p99/max,
 throughput, and CPU time: the client processes' own (``time.process_time``) and the machine's
 busy time over the run (from ``/proc/stat``: everything on the machine, the database server
 and other work included).  The tables are ``benchc_*``; they are dropped at the end.
@@ -95,7 +97,7 @@ def client(url: str, jobs: list[tuple[int, Request]], barrier: Any, results: Any
             result = f"error:{exc!r}"
         out.append((index, req[0], result, time.perf_counter() - t0))
     cpu = time.process_time() - cpu0
-    results.put((out, repo.retries, cpu))
+    results.put((out, repo.retries, getattr(repo, "reruns", 0), cpu))
     repo.close()
 
 
@@ -111,9 +113,7 @@ def run(url: str, machines: int, processes: int, lag: int) -> dict[str, Any]:
     repo = SQLWorkerRepository.from_url(url, mapping=MAPPING)
     repo.drop_schema()
     repo.create_schema()
-    repo.write(
-        [wm.InsertAssignment(assignment=wm.Assignment(id=f"A{m}")) for m in range(machines)]
-    )
+    repo.write([wm.InsertAssignment(assignment=wm.Assignment(id=f"A{m}")) for m in range(machines)])
     requests = stream(machines, lag)
     shares: list[list[tuple[int, Request]]] = [[] for _ in range(processes)]
     for i, req in enumerate(requests):
@@ -128,12 +128,13 @@ def run(url: str, machines: int, processes: int, lag: int) -> dict[str, Any]:
     busy0, total0 = _busy_jiffies()
     started = time.perf_counter()
     outcomes: list[tuple[int, int, str, float]] = []
-    retries = 0
+    retries = reruns = 0
     client_cpu = 0.0
     for _ in procs:
-        out, r, cpu = results.get(timeout=3600)
+        out, r, rr, cpu = results.get(timeout=3600)
         outcomes += out
         retries += r
+        reruns += rr
         client_cpu += cpu
     wall = time.perf_counter() - started
     busy1, total1 = _busy_jiffies()
@@ -168,6 +169,7 @@ def run(url: str, machines: int, processes: int, lag: int) -> dict[str, Any]:
         "workers": len(workers),
         "held_twice": sum(1 for n in held.values() if n > 1),
         "retries_per_request": retries / max(1, len(outcomes)),
+        "reruns_per_request": reruns / max(1, len(outcomes)),
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "max_ms": 1000 * latencies[-1],
@@ -194,14 +196,15 @@ def main() -> None:
     print()
     print(
         "| database | machines x processes | split pairs | workers per machine | held twice "
-        "| errors | retries / request | p50 | p99 | max | requests / s | client CPU "
-        "| machine busy |"
+        "| errors | retries / request | reruns / request | p50 | p99 | max | requests / s "
+        "| client CPU | machine busy |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("|" + " --- |" * 14)
     wpm = ", ".join(f"{k}: {v}" for k, v in r["workers_per_machine"].items())
     print(
         f"| {backend} | {args.machines} x {args.processes} | {r['split_pairs']} | {wpm} "
         f"| {r['held_twice']} | {r['errors']} | {r['retries_per_request']:.2f} "
+        f"| {r['reruns_per_request']:.2f} "
         f"| {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms "
         f"| {r['throughput']:.0f} | {r['client_cpu_s']:.1f} s "
         f"| {r['machine_busy_s']:.1f} s ({r['machine_busy_pct']:.0f} %) |"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -118,18 +119,30 @@ def report(outcome: Outcome) -> None:
             logger.exception("an outcome hook failed: %r", hook)
 
 
+_APPLYING: ContextVar[Event | None] = ContextVar("workermatch_applying", default=None)
+
+
+def applying() -> Event | None:
+    """The event :func:`~workermatch.apply_event` is applying in this thread or asyncio task,
+    or ``None``: a SQL store takes its locks for the request's address and hostname from it
+    before the decision's first read."""
+    return _APPLYING.get()
+
+
 class Deciding:
     """One decision being applied, for the instruments: ``with deciding(event) as d: ...;
     d.report(outcome)``.  Costs next to nothing when no instrument is installed."""
 
-    __slots__ = ("event", "outcome", "started")
+    __slots__ = ("event", "outcome", "started", "token")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self.outcome: Outcome | None = None
         self.started: list[tuple[Instrument, Any]] = []
+        self.token: Token[Event | None] | None = None
 
     def __enter__(self) -> Deciding:
+        self.token = _APPLYING.set(self.event)
         for instrument in _instruments:
             try:
                 self.started.append((instrument, instrument.start(self.event)))
@@ -143,6 +156,8 @@ class Deciding:
         report(outcome)
 
     def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        if self.token is not None:
+            _APPLYING.reset(self.token)
         for instrument, token in reversed(self.started):
             try:
                 instrument.finish(token, self.outcome, error)

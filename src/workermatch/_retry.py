@@ -21,9 +21,11 @@ __all__ = ["DEFAULT_RETRY", "PG_CONFLICT", "PG_TRANSIENT", "RetryPolicy"]
 #: end).  The database rolled the unit back; running it again is safe.
 PG_CONFLICT = frozenset({"40001", "40P01", "55P03", "53200"})
 #: PostgreSQL SQLSTATEs of a transient fault (besides class 08, connection exceptions): too many
-#: connections, admin / crash shutdown, cannot connect now.  (Disk full, 53100, is left
+#: connections, admin / crash shutdown, cannot connect now, and a statement cancelled
+#: (57014: ``statement_timeout`` or an administrator's cancel; the request may succeed later,
+#: but running it again at once would only add to the load).  (Disk full, 53100, is left
 #: permanent: it does not go away by itself within a retry.)
-PG_TRANSIENT = frozenset({"53300", "57P01", "57P02", "57P03"})
+PG_TRANSIENT = frozenset({"53300", "57P01", "57P02", "57P03", "57014"})
 
 
 def _positive_int(_: object, attribute: attrs.Attribute[int], value: object) -> None:

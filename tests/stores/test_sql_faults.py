@@ -137,6 +137,201 @@ def test_a_fault_at_any_write_step_leaves_the_store_unchanged(
         assert outcome.worker in repo.all_workers()
 
 
+# -- a fault at every statement of a decision, reads and COMMIT included ---------------------
+
+#: What the server reports for each fault, raised by the server inside the unit's transaction
+#: (PostgreSQL: ``RAISE ... USING ERRCODE``; MariaDB: ``SIGNAL ... MYSQL_ERRNO``).
+SERVER_FAULTS = {
+    "postgresql": {
+        "serialisation": "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$",
+        "lock-timeout": "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '55P03'; END $$",
+        "statement-timeout": (
+            "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '57014'; END $$"
+        ),
+    },
+    "mysql": {
+        "serialisation": (
+            "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'injected'"
+        ),
+        "lock-timeout": (
+            "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1205, MESSAGE_TEXT = 'injected'"
+        ),
+        "statement-timeout": (
+            "SIGNAL SQLSTATE '70100' SET MYSQL_ERRNO = 1969, MESSAGE_TEXT = 'injected'"
+        ),
+    },
+}
+FAULTS = ("kill", "serialisation", "lock-timeout", "statement-timeout")
+#: Faults the library runs the unit again for, at once (a conflict: the database rolled it back).
+RETRIED_IN_PLACE = ("serialisation", "lock-timeout")
+
+
+def _driver_error(repo: SQLWorkerRepository, fault: str) -> Exception:
+    """The driver's exception for ``fault``, as the driver raises it when COMMIT fails."""
+    dbapi = repo.engine.dialect.loaded_dbapi
+    backend = repo.engine.dialect.name
+    if backend == "sqlite":
+        return dbapi.OperationalError("database is locked")
+    if backend == "postgresql":
+        import psycopg
+
+        return {
+            "serialisation": psycopg.errors.SerializationFailure,
+            "lock-timeout": psycopg.errors.LockNotAvailable,
+            "statement-timeout": psycopg.errors.QueryCanceled,
+        }[fault]("injected")
+    code = {"serialisation": 1213, "lock-timeout": 1205, "statement-timeout": 1969}[fault]
+    return dbapi.OperationalError(code, "injected")
+
+
+def _faults_for(repo: SQLWorkerRepository) -> tuple[str, ...]:
+    # SQLite runs one unit at a time (no serialisation failure) and has no statement timeout;
+    # its lock timeout is "database is locked" after the busy timeout.
+    return ("kill", "lock-timeout") if repo.engine.dialect.name == "sqlite" else FAULTS
+
+
+@contextmanager
+def _fault_at_step(
+    repo: SQLWorkerRepository, step: int, fault: str
+) -> Iterator[tuple[list[int], list[str]]]:
+    """Count every statement the store sends (each ``COMMIT`` included) and inject ``fault``
+    right before step ``step`` (1-based; 0 counts only)."""
+    seen, where = [0], []
+    backend = repo.engine.dialect.name
+    dialect = repo.engine.dialect
+
+    def tick(what: str) -> bool:
+        seen[0] += 1
+        if seen[0] == step:
+            where.append(what)
+            return True
+        return False
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> Any:
+        if tick(" ".join(statement.split())[:60]):
+            if fault == "kill":
+                _kill(repo, conn.connection.dbapi_connection)
+            elif backend == "sqlite":
+                raise _driver_error(repo, fault)
+            else:
+                server = SERVER_FAULTS["postgresql" if backend == "postgresql" else "mysql"]
+                return server[fault], None if backend == "postgresql" else ()
+        return statement, params
+
+    original_commit = dialect.do_commit
+
+    def do_commit(dbapi_conn: Any) -> None:
+        if tick("COMMIT"):
+            if fault == "kill":
+                _kill(repo, dbapi_conn)
+            else:
+                raise _driver_error(repo, fault)
+        original_commit(dbapi_conn)
+
+    sa.event.listen(repo.engine, "before_cursor_execute", before, retval=True)
+    dialect.do_commit = do_commit  # type: ignore[assignment, method-assign]
+    try:
+        yield seen, where
+    finally:
+        sa.event.remove(repo.engine, "before_cursor_execute", before)
+        del dialect.do_commit  # back to the class's
+
+
+class _Ids:
+    """Worker ids: ``seed-1``, ``seed-2``, ... while seeding, then always ``new-worker``
+    (every decision below creates at most one worker, and a failed run's id comes back), so
+    that a store after a retry compares equal to one after a run without fault."""
+
+    def __init__(self) -> None:
+        self.seeded = 0
+        self.deciding = False
+
+    def __call__(self) -> str:
+        if self.deciding:
+            return "new-worker"
+        self.seeded += 1
+        return f"seed-{self.seeded}"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_fault_at_any_statement_leaves_the_store_as_it_was_and_a_retry_succeeds(
+    store_factory: StoreFactory, name: str
+) -> None:
+    """Every statement of the decision (the request locks, every read, every write, COMMIT)
+    in turn meets each fault: a killed connection, a lock timeout, a statement timeout, a
+    serialisation failure.  A conflict is run again by the library and the decision goes
+    through; any other fault raises a StorageError and leaves the store as it was, and the
+    same request sent again then goes through.  Either way the store ends as a run without
+    fault leaves it."""
+    seed, event, now = SCENARIOS[name]
+    ids = _Ids()
+    probe = store_factory(ids)
+    assert isinstance(probe, SQLWorkerRepository)
+    seed(probe)
+    ids.deciding = True
+    with _fault_at_step(probe, 0, "none") as (seen, _):
+        wm.apply_event(event, now, probe, create_assignments=True)
+    steps = seen[0]
+    expected = _state(probe)
+    assert steps >= 4
+    for fault in _faults_for(probe):
+        for step in range(1, steps + 1):
+            ids = _Ids()
+            repo = store_factory(ids)
+            assert isinstance(repo, SQLWorkerRepository)
+            seed(repo)
+            ids.deciding = True
+            before = _state(repo)
+            label = f"{fault} at step {step} of {steps}"
+            error: wm.StorageError | None = None
+            with _fault_at_step(repo, step, fault) as (_, where):
+                try:
+                    wm.apply_event(event, now, repo, create_assignments=True)
+                except wm.StorageError as exc:
+                    error = exc
+            assert where, f"{label}: the fault was never injected"
+            if error is None:
+                # Retried in place, or a fault after COMMIT (giving the locks back, after which
+                # the connection is discarded).
+                released = bool(where) and "LOCK" in where[0].upper().split("(")[0]
+                assert fault in RETRIED_IN_PLACE or released, (label, where)
+            else:
+                assert fault not in RETRIED_IN_PLACE, (label, where, error)
+                assert _state(repo) == before, (label, where)  # nothing half-written
+                # A lost connection during COMMIT: the unit may or may not be stored.
+                committing = where == ["COMMIT"]
+                assert error.retryable is not committing, (label, where, error)
+                wm.apply_event(event, now, repo, create_assignments=True)  # sent again
+            assert _state(repo) == expected, (label, where)
+
+
+def test_a_connection_that_died_idle_in_the_pool_is_replaced(store_factory: StoreFactory) -> None:
+    """The server dropped a pooled connection while it was idle (a restart, an idle timeout,
+    an administrator's kill): the next request gets a live connection (the pool checks each
+    connection before handing it out) and goes through, without a retry."""
+    repo = store_factory()
+    assert isinstance(repo, SQLWorkerRepository)
+    backend = repo.engine.dialect.name
+    if backend == "sqlite":
+        pytest.skip("SQLite has no server to drop a connection")
+    wm.apply_event(wm.Event.heartbeat(IP, hostname="box"), T0, repo)
+    with repo.engine.connect() as conn:  # the pooled connection the decision used
+        dbapi_conn: Any = conn.connection.dbapi_connection
+        ident = dbapi_conn.info.backend_pid if backend == "postgresql" else dbapi_conn.thread_id()
+    killer = sa.create_engine(repo.engine.url, poolclass=sa.pool.NullPool)
+    with killer.connect() as other:
+        if backend == "postgresql":
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": ident})
+        else:
+            other.exec_driver_sql(f"KILL CONNECTION {int(ident)}")
+    killer.dispose()
+    time.sleep(0.2)  # the server closes the socket
+    later = T0 + timedelta(seconds=5)
+    outcome = wm.apply_event(wm.Event.heartbeat(IP, hostname="box"), later, repo)
+    assert not outcome.created
+    assert repo.retries == 0
+
+
 def test_a_failed_read_is_a_storage_error_with_the_driver_cause(
     store_factory: StoreFactory,
 ) -> None:

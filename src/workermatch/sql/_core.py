@@ -16,6 +16,7 @@ asyncio task, sees its own.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -55,8 +56,9 @@ PERMANENT = "permanent"  # fails the same way until someone changes something
 # MariaDB / MySQL error numbers: deadlock, lock wait timeout.
 MY_CONFLICT = frozenset({1213, 1205})
 # Too many connections, server shutdown, connection killed (MariaDB), can't connect, server
-# gone away, lost connection, commands out of sync after a loss, disconnected for inactivity.
-MY_TRANSIENT = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013, 2014, 2055, 4031})
+# gone away, lost connection, commands out of sync after a loss, disconnected for inactivity,
+# and a statement timeout (MariaDB's max_statement_time, MySQL's max_execution_time).
+MY_TRANSIENT = frozenset({1040, 1053, 1927, 1969, 2002, 2003, 2006, 2013, 2014, 2055, 3024, 4031})
 
 ADDED_SINCE_0_1 = ("hostname_seen", "contested", "held_end")
 
@@ -142,13 +144,17 @@ class Unit:
     read or wrote it (keyed ``("w" or "a", id)``): an update writes only the columns that
     differ from it."""
 
-    __slots__ = ("conn", "handle", "running", "seen")
+    __slots__ = ("conn", "handle", "locks", "running", "seen")
 
-    def __init__(self, conn: Connection, handle: Any = None) -> None:
+    def __init__(
+        self, conn: Connection, handle: Any = None, locks: frozenset[str] | None = None
+    ) -> None:
         self.conn = conn
         self.handle = handle
         self.running: dict[str, list[Assignment]] | None = {}
         self.seen: dict[tuple[str, str], Worker | Assignment] = {}
+        # The request locks the unit holds (see Core.lock_names), or None when it takes none.
+        self.locks = locks
 
 
 _UNITS: ContextVar[Mapping[object, Unit]] = ContextVar(
@@ -171,6 +177,25 @@ def entered(owner: object, unit: Unit) -> Iterator[Unit]:
         yield unit
     finally:
         _UNITS.reset(token)
+
+
+#: The request lock of the recent running workers: held by every unit that reads them (rule 3,
+#: the recent-orphan rule) and by every claim, which creates a running worker.
+RUNNING_LOCK = "running"
+
+
+class NeedsLock(Exception):
+    """The unit is about to read the recent running workers without holding
+    :data:`RUNNING_LOCK`: roll it back and run it again from the start, holding it."""
+
+
+class LockBusy(Exception):
+    """A request lock was not granted within :data:`LOCK_WAIT` seconds (MariaDB's
+    ``GET_LOCK``): a conflict, the unit runs again after a back-off."""
+
+
+#: How long a unit waits for its request locks on MariaDB / MySQL (``GET_LOCK``'s timeout).
+LOCK_WAIT = 10
 
 
 class Failure:
@@ -216,6 +241,10 @@ class Core:
         self._astatus_back = {v: k for k, v in mapping.assignment_statuses.items()}
         self.dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         self._bind = _sqlite_time if self.backend == "sqlite" else _naive_utc
+        #: What else names the store in its request locks' keys (the repository sets the
+        #: database's name): stores on different tables never wait for each other.
+        self.lock_space = ""
+        self._lock_statements: dict[tuple[int, bool], Raw] = {}
         self._build_statements()
 
     # -- reads and writes of a unit --------------------------------------------------------------
@@ -248,6 +277,8 @@ class Core:
                     cursor.close()
 
     def workers(self, unit: Unit, query: str, params: dict[str, Any]) -> list[Worker]:
+        if query == "recent" and unit.locks is not None and RUNNING_LOCK not in unit.locks:
+            raise NeedsLock
         cache = unit.running
         if cache is None or query in ("all", "unflagged"):
             rows = self.raw(unit, self._r_workers[query], params)
@@ -346,6 +377,95 @@ class Core:
         params["_key"] = row.id
         if self.raw(unit, stmt, params, fetch=False) != 1:
             raise StorageError(f"{what} {row.id!r} does not exist")
+
+    # -- request locks ---------------------------------------------------------------------------
+
+    def lock_names(self, event: Any) -> frozenset[str] | None:
+        """The request locks a unit deciding ``event`` takes before its first read: its
+        address, its hostname, and for a claim (which creates a running worker)
+        :data:`RUNNING_LOCK`; ``None`` (no locks) on SQLite, whose units run one at a time
+        anyway, or outside :func:`~workermatch.apply_event`."""
+        if event is None or self.backend == "sqlite":
+            return None
+        identity = event.identity
+        names = {f"ip:{identity.ip}"}
+        if identity.hostname is not None:
+            names.add(f"host:{identity.hostname}")
+        if event.kind.value == "claim":
+            names.add(RUNNING_LOCK)
+        return frozenset(names)
+
+    def _lock_keys(self, names: Collection[str]) -> list[Any]:
+        """The server's lock keys of ``names``, in one order for every unit (so that two units
+        never wait for each other's): PostgreSQL advisory lock numbers (64 bits), MariaDB lock
+        names (``GET_LOCK``'s are server-wide, and at most 64 characters)."""
+        m = self.mapping
+        space = f"{self.lock_space}\0{m.schema or ''}\0{m.workers_table}\0"
+        keys: list[Any] = []
+        for name in names:
+            digest = hashlib.blake2b((space + name).encode(), digest_size=16).digest()
+            if self.backend == "postgresql":
+                keys.append(int.from_bytes(digest[:8], "big", signed=True))
+            else:
+                keys.append(f"workermatch:{digest.hex()}")
+        return sorted(keys)
+
+    def _lock_statement(self, count: int, *, release: bool = False) -> Raw:
+        key = (count, release)
+        found = self._lock_statements.get(key)
+        if found is not None:
+            return found
+        big = sa.BigInteger() if self.backend == "postgresql" else sa.String()
+        if self.backend == "postgresql":
+            cols: list[Any] = (
+                [sa.func.pg_advisory_unlock_all()]
+                if release
+                else [
+                    sa.func.pg_advisory_lock(sa.bindparam(f"k{i}", type_=big)) for i in range(count)
+                ]
+            )
+        elif release:
+            cols = [sa.func.release_lock(sa.bindparam(f"k{i}", type_=big)) for i in range(count)]
+        else:
+            cols = [
+                sa.func.get_lock(sa.bindparam(f"k{i}", type_=big), LOCK_WAIT) for i in range(count)
+            ]
+        found = self._lock_statements[key] = Raw(sa.select(*cols), self.dialect)
+        return found
+
+    def acquire(self, conn: Connection, names: Collection[str]) -> None:
+        """Take the request locks ``names`` for the unit about to begin on ``conn``.
+
+        They are session locks, taken before the unit's transaction and released after it
+        (:meth:`release`): a PostgreSQL ``SERIALIZABLE`` transaction sees the database as of
+        its first statement, so a lock taken inside it would not make it see what the unit it
+        waited for wrote (and that unit's writes would make it fail to serialise).  On
+        PostgreSQL they are taken outside any transaction (``pg_advisory_lock`` in autocommit);
+        on MariaDB, ``GET_LOCK`` is not transactional and InnoDB's ``SERIALIZABLE`` reads are
+        locking reads of the latest rows, so it runs as the unit's first statement.
+        """
+        keys = self._lock_keys(names)
+        params = {f"k{i}": k for i, k in enumerate(keys)}
+        stmt = self._lock_statement(len(keys))
+        if self.backend == "postgresql":
+            with _autocommit(conn, self.dbapi_error):
+                self.raw(Unit(conn), stmt, params)
+            return
+        rows = self.raw(Unit(conn), stmt, params)
+        if not rows or any(v != 1 for v in rows[0]):
+            # Not granted within LOCK_WAIT (0) or an error (NULL): give back what was granted.
+            self.release(conn, names)
+            raise LockBusy(f"a request lock was not granted within {LOCK_WAIT} s")
+
+    def release(self, conn: Connection, names: Collection[str]) -> None:
+        """Give back the request locks ``names`` (after the unit's ``COMMIT`` or rollback)."""
+        if self.backend == "postgresql":
+            with _autocommit(conn, self.dbapi_error):
+                self.raw(Unit(conn), self._lock_statement(0, release=True), {})
+            return
+        keys = self._lock_keys(names)
+        params = {f"k{i}": k for i, k in enumerate(keys)}
+        self.raw(Unit(conn), self._lock_statement(len(keys), release=True), params)
 
     # -- the schema (each on a connection inside a transaction) -----------------------------------
 
@@ -561,6 +681,8 @@ class Core:
         """Classify a driver exception: a conflict (the database rolled the transaction back;
         run the unit again), transient (the connection or server failed; the request may
         succeed later) or permanent."""
+        if isinstance(cause, LockBusy):
+            return CONFLICT
         if self.backend == "postgresql":
             state = getattr(cause, "sqlstate", None)
             if state in PG_CONFLICT:
@@ -611,6 +733,8 @@ class Core:
             return cause, message("committing" if committing else "running a unit", cause)
         if isinstance(exc, StorageError) and isinstance(exc.__cause__, self.dbapi_error):
             return exc.__cause__, str(exc)
+        if isinstance(exc, LockBusy):
+            return exc, f"the database failed while running a unit: {exc}"
         return None
 
     def failure(
@@ -921,6 +1045,23 @@ def make_error(message: str, fault: str, attempts: int | None) -> StorageError:
     if fault == PERMANENT:
         return StorageError(message, attempts=attempts)
     return TransientStorageError(message, attempts=attempts)
+
+
+@contextlib.contextmanager
+def _autocommit(conn: Connection, dbapi_error: type[Exception]) -> Iterator[None]:
+    """Run the driver's connection in autocommit mode for the block (PostgreSQL: statements
+    outside any transaction); the unit's transaction has not begun, or has ended."""
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    try:
+        dbapi_conn.rollback()  # nothing to roll back but a pool ping's implicit transaction
+        dbapi_conn.autocommit = True
+    except dbapi_error as exc:
+        raise StorageError(f"the database failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield
+    finally:
+        with contextlib.suppress(dbapi_error):  # a dead connection: the caller discards it
+            dbapi_conn.autocommit = False
 
 
 def quiet_rollback(conn: Connection) -> None:

@@ -37,13 +37,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
-from .._observe import retried
+from .._observe import applying, retried
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
     BACKENDS,
+    RUNNING_LOCK,
     SQLITE_BUSY_TIMEOUT,
     Core,
+    NeedsLock,
     Unit,
     cause_of,
     configure_engine,
@@ -147,10 +149,12 @@ class SQLWorkerRepository:
         self._own_engine = False
         self.retry = retry
         self._retries = 0
+        self._reruns = 0
         self._retries_lock = threading.Lock()
         self.mapping = mapping
         self._core = Core(engine.dialect, mapping, id_factory or _uuid_ids)
         self._backend = self._core.backend
+        self._core.lock_space = str(engine.url.database or "")
         # SQLite: one writer at a time anyway; threads of this process queue here instead of
         # spinning on SQLITE_BUSY (BEGIN IMMEDIATE keeps other processes out).
         self._local_lock: threading.RLock | None = (
@@ -165,6 +169,14 @@ class SQLWorkerRepository:
         failure, deadlock, lock timeout, locked SQLite database): a figure for monitoring; it
         never affects results."""
         return self._retries
+
+    @property
+    def reruns(self) -> int:
+        """How many times a unit was run again from the start because it found it would read
+        the recent running workers (rule 3) without holding their lock (docs/stores.md,
+        "Contention"): not a conflict, nothing another unit wrote was in its way; a figure
+        for monitoring."""
+        return self._reruns
 
     @classmethod
     def from_url(
@@ -457,6 +469,13 @@ class SQLWorkerRepository:
             return self._caller_unit(fn)
         policy = self.retry
         core = self._core
+        # The request locks (docs/stores.md, "Contention"): taken before the unit begins and
+        # given back after it ends, by a claim from the start, by any other request once it
+        # finds it reads the recent running workers or after a conflict.
+        wanted = core.lock_names(applying())
+        names: frozenset[str] | None = None
+        if wanted is not None:
+            names = wanted if RUNNING_LOCK in wanted else frozenset()
         with self._locked():
             started = policy.clock()
             attempt = 0
@@ -467,15 +486,27 @@ class SQLWorkerRepository:
                 except SQLAlchemyError as exc:
                     raise core.error("connecting", exc, attempts=attempt) from cause_of(exc)
                 pause: float | None = None
+                locked = rerun = False
                 try:
                     committing = False
                     try:
-                        with entered(self, Unit(conn)):
+                        if names:
+                            locked = True
+                            core.acquire(conn, names)
+                        with entered(self, Unit(conn, locks=names)):
                             conn.begin()
                             result = fn()
                             committing = True
                             conn.commit()
                         return result
+                    except NeedsLock:
+                        # Rule 3 reads the recent running workers: run the unit again from the
+                        # start, holding their lock too (nothing was written yet).
+                        quiet_rollback(conn)
+                        assert names is not None
+                        assert wanted is not None
+                        names = names | wanted | {RUNNING_LOCK}
+                        rerun = True
                     except BaseException as exc:
                         quiet_rollback(conn)
                         failure = core.failure(
@@ -494,10 +525,26 @@ class SQLWorkerRepository:
                             raise failure.error from failure.cause
                         pause = failure.pause
                 finally:
+                    if locked:
+                        assert names is not None
+                        try:
+                            core.release(conn, names)
+                        except Exception:
+                            # The server gives a session's locks back when it ends.
+                            with contextlib.suppress(Exception):
+                                conn.invalidate()
                     with contextlib.suppress(Exception):
                         conn.close()
-                # A conflict: the connection is back in the pool while we wait.
+                if rerun:
+                    attempt -= 1
+                    with self._retries_lock:
+                        self._reruns += 1
+                    continue
+                # A conflict: the connection is back in the pool while we wait; the next run
+                # takes the request's locks.
                 assert pause is not None
+                if names is not None and wanted is not None:
+                    names = names | wanted
                 with self._retries_lock:
                     self._retries += 1
                 retried(self._backend)
