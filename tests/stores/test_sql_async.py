@@ -227,6 +227,39 @@ def test_a_failed_unit_writes_nothing_and_its_exception_goes_through(
     assert loop.run(go())
 
 
+@pytest.mark.parametrize("store_factory", ["postgresql-async", "mysql-async"], indirect=True)
+def test_a_connection_that_died_idle_in_the_pool_is_replaced(store_factory: StoreFactory) -> None:
+    """The server dropped the pooled connection between two requests: the next request gets a
+    live connection (``pool_pre_ping``) and goes through, without a retry."""
+    repo, loop = _store(store_factory)
+    postgresql = repo.engine.dialect.name == "postgresql"
+    who = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
+
+    async def first() -> int:
+        await aio.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="box"), T0, repo)
+        async with repo.engine.connect() as conn:  # the pooled connection the decision used
+            ident: int = (await conn.exec_driver_sql(who)).scalar_one()
+        return ident
+
+    ident = loop.run(first())
+    url = repo.engine.url.set(drivername="postgresql+psycopg" if postgresql else "mysql+pymysql")
+    killer = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with killer.connect() as other:
+        if postgresql:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": ident})
+        else:
+            other.exec_driver_sql(f"KILL CONNECTION {int(ident)}")
+    killer.dispose()
+
+    async def second() -> wm.Outcome:
+        await asyncio.sleep(0.2)  # the server closes the socket
+        later = T0 + timedelta(seconds=5)
+        return await aio.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="box"), later, repo)
+
+    assert not loop.run(second()).created
+    assert repo.retries == 0
+
+
 # -- URLs and engines ----------------------------------------------------------------------------
 
 

@@ -98,6 +98,7 @@ def child(
     phases: list[list[list[Request]]],
     barrier: Any,
     results: Any,
+    policy: wm.Policy = POLICY,
 ) -> None:
     """One process: its threads wait at the barrier, then run their share of each phase."""
     from workermatch.sql import SQLWorkerRepository, TableMapping
@@ -112,7 +113,7 @@ def child(
             now = T0 if jobs and jobs[0][1] == "claim" else BURST_AT
             for req in jobs:
                 try:
-                    outcome = wm.apply_event(_event(req), now, repo, POLICY)
+                    outcome = wm.apply_event(_event(req), now, repo, policy)
                     result = outcome.worker.id
                 except wm.ClaimRefused as exc:
                     result = f"refused:{exc.reason}"
@@ -144,11 +145,95 @@ def test_guarantee_7_the_startup_burst_from_processes_and_threads_makes_one_work
 
     repo = store_factory()
     assert isinstance(repo, SQLWorkerRepository)
+    outcomes = _run(repo, [deal(claims()), deal(burst())], POLICY)
+    assert len(outcomes) == len(claims()) + len(burst())
+    errors = {k: v for k, v in outcomes.items() if v.startswith("error:")}
+    assert not errors
+
+    workers = {w.id: w for w in repo.all_workers()}
+    assignments = {a.id: a for a in repo.all_assignments()}
+    by_ip = Counter(w.ip for w in workers.values())
+    for m in range(MACHINES):
+        won = _claimed_once(outcomes, assignments, m)
+        # exactly one worker per machine; the rival has one only if it won
+        assert by_ip[machine_ip(m)] == 1
+        assert by_ip[rival_ip(m)] == (0 if won == outcomes[f"claim:m{m}"] else 1)
+        (machine_worker,) = [w for w in workers.values() if w.ip == machine_ip(m)]
+        burst_results = {
+            v for k, v in outcomes.items() if k.endswith(f":m{m}") and "claim" not in k
+        }
+        assert burst_results == {machine_worker.id}
+        assert machine_worker.hostname == f"host-{m}"
+    _held_once(workers, assignments)
+
+
+def gui_ip(m: int) -> str:
+    return f"10.3.{m // 200}.{m % 200 + 1}"
+
+
+def vpn_burst() -> list[Request]:
+    """Each machine's GUI starts on a VPN: two heartbeats at one instant, with the hostname,
+    from an address other than its claim's."""
+    out: list[Request] = []
+    for m in range(MACHINES):
+        out.append((f"hb1:m{m}", "heartbeat", gui_ip(m), f"host-{m}", None))
+        out.append((f"hb2:m{m}", "heartbeat", gui_ip(m), f"host-{m}", None))
+    return out
+
+
+def test_guarantee_7_a_vpn_start_up_burst_under_the_default_policy_splits_no_pair(
+    store_factory: StoreFactory,
+) -> None:
+    """The same claims, then every machine's GUI starts from another address (a VPN), under
+    the full default policy: each first heartbeat reads every recent running worker (the
+    recent-orphan rule), the read every concurrent claim conflicts with, which the SQL stores
+    serialise with a request lock.  Which worker a pair joins is a matching question (a dozen
+    fresh claims are orphans it cannot tell apart); that it is one worker is not."""
+    from workermatch.sql import SQLWorkerRepository
+
+    repo = store_factory()
+    assert isinstance(repo, SQLWorkerRepository)
+    outcomes = _run(repo, [deal(claims()), deal(vpn_burst())], wm.DEFAULT_POLICY)
+    errors = {k: v for k, v in outcomes.items() if v.startswith("error:")}
+    assert not errors
+    workers = {w.id: w for w in repo.all_workers()}
+    assignments = {a.id: a for a in repo.all_assignments()}
+    for m in range(MACHINES):
+        _claimed_once(outcomes, assignments, m)
+        assert outcomes[f"hb1:m{m}"] == outcomes[f"hb2:m{m}"]
+        (pair_worker,) = [w for w in workers.values() if w.ip == gui_ip(m)]
+        assert pair_worker.id == outcomes[f"hb1:m{m}"]
+    _held_once(workers, assignments)
+
+
+def _claimed_once(outcomes: dict[str, str], assignments: dict[str, wm.Assignment], m: int) -> str:
+    """Machine ``m``'s assignment was claimed exactly once: the winner's worker id."""
+    mine, rival = outcomes[f"claim:m{m}"], outcomes[f"claim:r{m}"]
+    won = [o for o in (mine, rival) if not o.startswith("refused:")]
+    assert len(won) == 1, (mine, rival)  # two claims of one assignment: exactly one wins
+    assert "refused:running_elsewhere" in (mine, rival)
+    a = assignments[f"A{m}"]
+    assert a.status is wm.AssignmentStatus.RUNNING
+    assert a.worker_id == won[0]
+    return won[0]
+
+
+def _held_once(workers: dict[str, wm.Worker], assignments: dict[str, wm.Assignment]) -> None:
+    """Nothing is held twice, and each worker's status agrees with what it holds."""
+    held = Counter(
+        a.worker_id for a in assignments.values() if a.status is wm.AssignmentStatus.RUNNING
+    )
+    assert all(n == 1 for n in held.values())
+    for w in workers.values():
+        assert (w.status is wm.WorkerStatus.RUNNING) == (held[w.id] == 1)
+
+
+def _run(repo: Any, dealt: list[list[list[Request]]], policy: wm.Policy) -> dict[str, str]:
+    """Run the dealt phases from PROCESSES processes of THREADS threads; each request's
+    outcome (a worker id, ``refused:...`` or ``error:...``) by its label."""
     url = repo.engine.url.render_as_string(hide_password=False)
     for m in range(MACHINES):
         repo.write([wm.InsertAssignment(assignment=wm.Assignment(id=f"A{m}"))])
-
-    dealt = [deal(claims()), deal(burst())]
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(PROCESSES * THREADS)
     results = ctx.Queue()
@@ -157,7 +242,8 @@ def test_guarantee_7_the_startup_burst_from_processes_and_threads_makes_one_work
         share = [[phase[t] for t in range(p, PROCESSES * THREADS, PROCESSES)] for phase in dealt]
         procs.append(
             ctx.Process(
-                target=child, args=(url, _mapping_spec(repo.mapping), share, barrier, results)
+                target=child,
+                args=(url, _mapping_spec(repo.mapping), share, barrier, results, policy),
             )
         )
     for proc in procs:
@@ -171,34 +257,4 @@ def test_guarantee_7_the_startup_burst_from_processes_and_threads_makes_one_work
             proc.join(timeout=30)
             if proc.is_alive():  # pragma: no cover - only when the test is already failing
                 proc.terminate()
-    assert len(outcomes) == len(claims()) + len(burst())
-    errors = {k: v for k, v in outcomes.items() if v.startswith("error:")}
-    assert not errors
-
-    workers = {w.id: w for w in repo.all_workers()}
-    assignments = {a.id: a for a in repo.all_assignments()}
-    by_ip = Counter(w.ip for w in workers.values())
-    for m in range(MACHINES):
-        mine, rival = outcomes[f"claim:m{m}"], outcomes[f"claim:r{m}"]
-        won = [o for o in (mine, rival) if not o.startswith("refused:")]
-        assert len(won) == 1, (mine, rival)  # two claims of one assignment: exactly one wins
-        assert "refused:running_elsewhere" in (mine, rival)
-        a = assignments[f"A{m}"]
-        assert a.status is wm.AssignmentStatus.RUNNING
-        assert a.worker_id == won[0]
-        # exactly one worker per machine; the rival has one only if it won
-        assert by_ip[machine_ip(m)] == 1
-        assert by_ip[rival_ip(m)] == (0 if won[0] == mine else 1)
-        (machine_worker,) = [w for w in workers.values() if w.ip == machine_ip(m)]
-        burst_results = {
-            v for k, v in outcomes.items() if k.endswith(f":m{m}") and "claim" not in k
-        }
-        assert burst_results == {machine_worker.id}
-        assert machine_worker.hostname == f"host-{m}"
-    # nothing held twice, and worker status agrees with what each worker holds
-    held = Counter(
-        a.worker_id for a in assignments.values() if a.status is wm.AssignmentStatus.RUNNING
-    )
-    assert all(n == 1 for n in held.values())
-    for w in workers.values():
-        assert (w.status is wm.WorkerStatus.RUNNING) == (held[w.id] == 1)
+    return outcomes

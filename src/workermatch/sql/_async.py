@@ -25,11 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
-from .._observe import retried
+from .._observe import applying, retried
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
+    RUNNING_LOCK,
     Core,
+    NeedsLock,
     Unit,
     cause_of,
     configure_engine,
@@ -117,8 +119,10 @@ class AsyncSQLWorkerRepository:
         self._own_engine = False
         self.retry = retry
         self._retries = 0
+        self._reruns = 0
         self.mapping = mapping
         self._core = Core(sync_engine.dialect, mapping, id_factory or _uuid_ids)
+        self._core.lock_space = str(sync_engine.url.database or "")
         self._backend = self._core.backend
         # SQLite: the tasks of this process queue here (BEGIN IMMEDIATE keeps other processes
         # out); made on first use, in the loop that uses it.
@@ -134,6 +138,13 @@ class AsyncSQLWorkerRepository:
         """How many times a unit was rolled back and run again after a conflict: a figure for
         monitoring; it never affects results."""
         return self._retries
+
+    @property
+    def reruns(self) -> int:
+        """How many times a unit was run again from the start to take the lock of the recent
+        running workers, as :attr:`SQLWorkerRepository.reruns
+        <workermatch.sql.SQLWorkerRepository.reruns>` counts."""
+        return self._reruns
 
     @classmethod
     def from_url(
@@ -409,6 +420,11 @@ class AsyncSQLWorkerRepository:
             return await self._caller_unit(fn)
         policy = self.retry
         core = self._core
+        # The request locks, as in SQLWorkerRepository.atomically.
+        wanted = core.lock_names(applying())
+        names: frozenset[str] | None = None
+        if wanted is not None:
+            names = wanted if RUNNING_LOCK in wanted else frozenset()
         async with self._locked():
             started = policy.clock()
             attempt = 0
@@ -419,15 +435,26 @@ class AsyncSQLWorkerRepository:
                 except SQLAlchemyError as exc:
                     raise core.error("connecting", exc, attempts=attempt) from cause_of(exc)
                 pause: float | None = None
+                locked = rerun = False
                 try:
                     committing = False
                     try:
-                        with entered(self, _unit_of(conn)):
+                        if names:
+                            locked = True
+                            await conn.run_sync(core.acquire, names)
+                        with entered(self, _unit_of(conn, names)):
                             await conn.begin()
                             result = await fn()
                             committing = True
                             await conn.commit()
                         return result
+                    except NeedsLock:
+                        with contextlib.suppress(Exception):
+                            await conn.rollback()
+                        assert names is not None
+                        assert wanted is not None
+                        names = names | wanted | {RUNNING_LOCK}
+                        rerun = True
                     except BaseException as exc:
                         with contextlib.suppress(Exception):
                             await conn.rollback()
@@ -447,10 +474,24 @@ class AsyncSQLWorkerRepository:
                             raise failure.error from failure.cause
                         pause = failure.pause
                 finally:
+                    if locked:
+                        try:
+                            await conn.run_sync(core.release, names or frozenset())
+                        except Exception:
+                            # The server gives a session's locks back when it ends.
+                            with contextlib.suppress(Exception):
+                                await conn.invalidate()
                     with contextlib.suppress(Exception):
                         await conn.close()
-                # A conflict: the connection is back in the pool while we wait.
+                if rerun:
+                    attempt -= 1
+                    self._reruns += 1
+                    continue
+                # A conflict: the connection is back in the pool while we wait; the next run
+                # takes the request's locks.
                 assert pause is not None
+                if names is not None and wanted is not None:
+                    names = names | wanted
                 self._retries += 1
                 retried(self._backend)
                 await _pause(policy, pause)
@@ -489,11 +530,11 @@ class AsyncSQLWorkerRepository:
         return await self._read(what, lambda unit: self._core.workers(unit, query, params))
 
 
-def _unit_of(conn: Any) -> Unit:
-    """A unit on ``conn``, an AsyncConnection that has connected."""
+def _unit_of(conn: Any, locks: frozenset[str] | None = None) -> Unit:
+    """A unit on ``conn``, an AsyncConnection that has connected, holding ``locks``."""
     sync_conn = conn.sync_connection
     assert sync_conn is not None
-    return Unit(sync_conn, conn)
+    return Unit(sync_conn, conn, locks)
 
 
 def _serializable() -> dict[str, Any]:

@@ -500,8 +500,9 @@ class SQLWorkerRepository:
                             conn.commit()
                         return result
                     except NeedsLock:
-                        # Rule 3 reads the recent running workers: run the unit again from the
-                        # start, holding their lock too (nothing was written yet).
+                        # Rule 3 is about to read the recent running workers: run the unit again
+                        # from the start (nothing was written yet) holding the request's own
+                        # locks and the recent running workers' lock.
                         quiet_rollback(conn)
                         assert names is not None
                         assert wanted is not None
