@@ -32,7 +32,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .._errors import InvalidInput, StorageError, TransientStorageError
-from .._model import Assignment, AssignmentStatus, Worker, WorkerStatus
+from .._model import Assignment, AssignmentStatus, Event, EventKind, Worker, WorkerStatus
 from .._observe import gave_up
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 from .._retry import PG_CONFLICT, PG_TRANSIENT, RetryPolicy
@@ -380,7 +380,7 @@ class Core:
 
     # -- request locks ---------------------------------------------------------------------------
 
-    def lock_names(self, event: Any) -> frozenset[str] | None:
+    def lock_names(self, event: Event | None) -> frozenset[str] | None:
         """The request locks a unit deciding ``event`` takes before its first read: its
         address, its hostname, and for a claim (which creates a running worker)
         :data:`RUNNING_LOCK`; ``None`` (no locks) on SQLite, whose units run one at a time
@@ -391,7 +391,7 @@ class Core:
         names = {f"ip:{identity.ip}"}
         if identity.hostname is not None:
             names.add(f"host:{identity.hostname}")
-        if event.kind.value == "claim":
+        if event.kind is EventKind.CLAIM:
             names.add(RUNNING_LOCK)
         return frozenset(names)
 
