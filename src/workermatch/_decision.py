@@ -1630,28 +1630,22 @@ def _end(
 
     Its assignments are those the store holds for it, as this request's writes leave them
     (work it just took by a transfer or a merge included, work moved away excluded).  When the
-    request ``named`` its assignment and the worker holds it, that one alone ends: the others
-    came from another session (a transfer, a merge) and stay ``RUNNING``."""
+    request ``named`` an assignment that came to the worker from another session, that one
+    alone ends, and the worker's own session goes on."""
     stored = [] if worker.id in out.inserted else (yield from _running_of([worker.id]))
     mine = {a.id: out.assignments.get(a.id, a) for a in stored}
     mine.update({k: a for k, a in out.assignments.items() if a.worker_id == worker.id})
-    if named is not None and named in mine and len(mine) > 1:
-        others = sorted(
-            k
-            for k, a in mine.items()
-            if k != named and a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING
-        )
-        if others:
-            # The worker's session goes on: the work left on it is another session's.
-            a = mine[named]
+    own = out.latest(worker).assignment_id
+    if named is not None and named != own and named in mine:
+        a = mine[named]
+        if a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING:
+            # The named work came to this worker from another session (a transfer, a merge):
+            # that session ends, and this worker's own goes on.
             out.assignment(attrs.evolve(a, status=status, ended_at=at))
-            latest = out.latest(worker)
-            if latest.assignment_id == named:
-                out.worker(attrs.evolve(latest, assignment_id=others[-1]))
             if notes is not None:
                 notes.append(
-                    f"left {', '.join(others)} RUNNING on {worker.id}: the request names its "
-                    f"own assignment, {named}, and ends that one alone"
+                    f"ended {named} alone: the request names it, and it came to {worker.id} "
+                    f"from another session, while {worker.id}'s own ({own}) goes on"
                 )
             return [named]
     ended: list[str] = []
