@@ -1347,7 +1347,9 @@ def _touch(worker: Worker, event: Event, now: datetime, ctx: _Ctx) -> Worker:
     identity = event.identity
     hostname, seen = worker.hostname, worker.hostname_seen
     if identity.hostname is not None:
-        if hostname is None or not ctx.guarded(Guard.HOSTNAME_VETO):
+        if hostname != identity.hostname and (
+            hostname is None or not ctx.guarded(Guard.HOSTNAME_VETO)
+        ):
             hostname = identity.hostname
         if hostname == identity.hostname:
             seen = now
@@ -1551,17 +1553,18 @@ def _request(
                         f"kept {', '.join(kept)} alive: the request, from their address, may be "
                         "theirs"
                     )
-        if ctx.does(Effect.RECONCILE):
+        if event.identity.hostname is not None and ctx.does(Effect.RECONCILE):
+            # Both reconciliations start from the hostname the request reveals.
             survivor = yield from _reconcile(ctx, event, before, out, notes)
             if survivor is None:
                 survivor = yield from _renamed(ctx, event, before, out, notes)
             if survivor is not None:
                 merged, worker = (before.id,), survivor
         if (
-            ctx.does(Effect.TRANSFER_ON_HOSTNAME)
-            and not merged
-            and before.hostname is None
+            before.hostname is None
             and event.identity.hostname is not None
+            and not merged
+            and ctx.does(Effect.TRANSFER_ON_HOSTNAME)
         ):
             transferred = yield from _transfer(
                 ctx, event, out.latest(worker), out, notes, alerts, by_ip=False
@@ -1578,7 +1581,7 @@ def _request(
         if (ending or pending is not None)
         else {}
     )
-    evidence = ctx.guarded(Guard.EVIDENCE)
+    evidence = ending and ctx.guarded(Guard.EVIDENCE)
     if ending and evidence and decision.ambiguous:
         # Which machine sent it is in doubt.
         held, done = yield from _hold(ctx, decision.doubt, "request", status, out, notes, known)
