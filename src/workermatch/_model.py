@@ -10,6 +10,7 @@ message quotes at most a short prefix of the rejected value (:func:`quote`).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import json
 import re
@@ -188,39 +189,49 @@ def normalize_ip(value: object, *, field: str = "ip") -> str:
     non-ASCII text.  An IPv6 zone id (``fe80::1%eth0``) is rejected too: it names an interface
     of the machine that wrote it, and the public address a request comes from never has one.
     """
+    if isinstance(value, str):
+        return _ip_text(value, field)
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = value
-    elif isinstance(value, str):
-        if len(value) > MAX_IP_LENGTH + 2:
-            raise InvalidInput(
-                f"{field} is {len(value)} characters long; no IP address is longer than "
-                f"{MAX_IP_LENGTH}",
-                field=field,
-                value=value,
-            )
-        text = value
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        if not text or text != text.strip() or not text.isascii():
-            raise InvalidInput(
-                f"{field} {quote(value)} is not an IP address", field=field, value=value
-            )
-        if "%" in text:
-            raise InvalidInput(
-                f"{field} {quote(value)} has an IPv6 zone id (%...); a public address has none",
-                field=field,
-                value=value,
-            )
-        try:
-            addr = ipaddress.ip_address(text)
-        except ValueError:
-            raise InvalidInput(
-                f"{field} {quote(value)} is not an IPv4 or IPv6 address", field=field, value=value
-            ) from None
-    else:
+        return _canonical_ip(value, field, value)
+    raise InvalidInput(
+        f"{field} must be a string, not {type(value).__name__}", field=field, value=value
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(value: str, field: str) -> str:
+    """:func:`normalize_ip` of a text; the addresses a server sees again and again are parsed
+    once (a rejected text is not kept: it is parsed, and refused, every time)."""
+    if len(value) > MAX_IP_LENGTH + 2:
         raise InvalidInput(
-            f"{field} must be a string, not {type(value).__name__}", field=field, value=value
+            f"{field} is {len(value)} characters long; no IP address is longer than "
+            f"{MAX_IP_LENGTH}",
+            field=field,
+            value=value,
         )
+    text = value
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text or text != text.strip() or not text.isascii():
+        raise InvalidInput(f"{field} {quote(value)} is not an IP address", field=field, value=value)
+    if "%" in text:
+        raise InvalidInput(
+            f"{field} {quote(value)} has an IPv6 zone id (%...); a public address has none",
+            field=field,
+            value=value,
+        )
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidInput(
+            f"{field} {quote(value)} is not an IPv4 or IPv6 address", field=field, value=value
+        ) from None
+    return _canonical_ip(addr, field, value)
+
+
+def _canonical_ip(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address, field: str, value: object
+) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
         raise InvalidInput(
             f"{field} {quote(str(addr))} has an IPv6 zone id (%...); a public address has none",
@@ -248,6 +259,13 @@ def normalize_hostname(value: object, *, field: str = "hostname") -> str | None:
             field=field,
             value=value,
         )
+    return _hostname_text(value, field)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hostname_text(value: str, field: str) -> str:
+    """:func:`normalize_hostname` of a text; the hostnames a server sees again and again are
+    checked once (a rejected text is not kept: it is checked, and refused, every time)."""
     # Lower-casing never shortens a string: refuse what is too long already before any work.
     if len(value) > MAX_HOSTNAME_LENGTH + 1:
         raise InvalidInput(
