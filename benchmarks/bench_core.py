@@ -1,6 +1,6 @@
 """The cost of one decision, for in-memory fleets of 10^2, 10^4 and 10^6 workers.
 
-Run by hand from the repository root (about a minute, most of it building the 10^6 fleet)::
+Run by hand from the repository root (a few minutes, most of it building the 10^6 fleet)::
 
     .venv/bin/python benchmarks/bench_core.py
 

@@ -49,6 +49,7 @@ from ._model import (
     WorkerStatus,
     direct_constructor,
     evolve_valid,
+    evolve_valid_worker,
 )
 from ._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 
@@ -868,7 +869,8 @@ def _key_part(criterion: Criterion, w: Worker, ctx: _Ctx) -> Any:
     return w.created_at - _EPOCH  # Criterion.OLDEST
 
 
-_Ranked: TypeAlias = list[tuple[Worker, tuple[Any, ...]]]
+_Pair: TypeAlias = tuple[Worker, tuple[Any, ...]]
+_Ranked: TypeAlias = list[_Pair]
 
 
 def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
@@ -1042,7 +1044,7 @@ def choose(
         finding = row.find(ctx)
         found = finding if isinstance(finding, str) else (yield from finding)
         if isinstance(found, str):
-            seen.steps.append((rule, "not applicable", found, [], []))
+            seen.steps.append((rule, "not applicable", found, (), ()))
             continue
         rejected = list(found.rejected)
         eligible: list[Worker] = []
@@ -1053,7 +1055,7 @@ def choose(
             else:
                 rejected.append(Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why))
         if not eligible:
-            seen.steps.append((rule, "no candidates", found.detail, rejected, []))
+            seen.steps.append((rule, "no candidates", found.detail, rejected, ()))
             continue
         ranked = _rank(eligible, ctx)
         doubt = _doubt(ranked, ctx)
@@ -1105,7 +1107,7 @@ class _Seen:
         self.ctx = ctx
         self.rows = rows
         # One step per rule reached: (rule, outcome, detail, rejected, ranked).
-        self.steps: list[tuple[Rule, str, str, list[Candidate], _Ranked]] = []
+        self.steps: list[tuple[Rule, str, str, Sequence[Candidate], Sequence[_Pair]]] = []
         self.doubt = 0
         """How many candidates of the matching rule the evidence could not separate."""
 
@@ -1164,7 +1166,7 @@ def _made(reports: tuple[RuleReport, ...] | _Seen) -> tuple[RuleReport, ...]:
     return reports.reports() if isinstance(reports, _Seen) else reports
 
 
-def _sorted(candidates: list[Candidate]) -> tuple[Candidate, ...]:
+def _sorted(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
     return tuple(sorted(candidates, key=lambda c: c.worker_id))
 
 
@@ -1287,6 +1289,7 @@ class Outcome:
 
 
 _new_outcome = direct_constructor(Outcome)
+_update_worker = direct_constructor(UpdateWorker)
 
 
 class _Writes:
@@ -1331,7 +1334,7 @@ class _Writes:
             if what == "w":
                 w = self.workers[key]
                 out.append(
-                    InsertWorker(worker=w) if key in self.inserted else UpdateWorker(worker=w)
+                    InsertWorker(worker=w) if key in self.inserted else _update_worker(worker=w)
                 )
             else:
                 a = self.assignments[key]
@@ -1353,7 +1356,7 @@ def _touch(worker: Worker, event: Event, now: datetime, ctx: _Ctx) -> Worker:
             hostname = identity.hostname
         if hostname == identity.hostname:
             seen = now
-    return evolve_valid(
+    return evolve_valid_worker(
         worker,
         ip=identity.ip,
         hostname=hostname,

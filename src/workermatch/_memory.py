@@ -99,8 +99,15 @@ class InMemoryWorkerRepository:
         return out
 
     def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
+        # _live, written out: the question of almost every request.
+        out = []
         with self._lock:
-            return self._live(self._by_ip.get(ip, ()), seen_since)
+            workers = self._workers
+            for wid in self._by_ip.get(ip, ()):
+                w = workers[wid]
+                if not w.stale and w.merged_into is None and w.last_seen >= seen_since:
+                    out.append(w)
+        return out
 
     def live_workers_by_hostname(self, hostname: str, seen_since: datetime) -> Sequence[Worker]:
         with self._lock:

@@ -793,3 +793,6 @@ def evolve_valid(value: V, **changes: Any) -> V:
 
 
 _COPIERS.update({c: _slot_writer(c, copy=True) for c in (Worker, Assignment)})
+evolve_valid_worker: Callable[..., Worker] = _COPIERS[Worker]
+""":func:`evolve_valid` of a :class:`Worker`, without the look-up by type: the copy that every
+request placed on a worker makes."""
