@@ -299,7 +299,7 @@ class _Ctx:
         return effect in self.policy.rules.effects
 
 
-@attrs.define(kw_only=True)  # not frozen: made for every rule, and never changed
+@attrs.define  # not frozen: made for every rule, and never changed
 class _Found:
     """A row's answer: its candidates, those it rejected itself, and what it looked at."""
 
@@ -389,7 +389,7 @@ def _hinted(ctx: _Ctx, worker: Worker, detail: str) -> Ask[_Found]:
 
 def _find_exact_ip(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     found = yield from _by_ip(ctx.identity.ip, ctx.live_since)
-    return _Found(workers=found, rejected=[], detail=f"live workers with ip {ctx.identity.ip}")
+    return _Found(found, [], f"live workers with ip {ctx.identity.ip}")  # the hot row
 
 
 def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
