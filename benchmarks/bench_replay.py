@@ -1,6 +1,7 @@
 """How fast a trace replays in memory, and that a replay's memory does not grow with the trace.
 
-Run by hand from the repository root (about two minutes for a million requests)::
+Run by hand from the repository root (5 to 10 minutes for a million requests, most of it under
+tracemalloc)::
 
     .venv/bin/python benchmarks/bench_replay.py
     .venv/bin/python benchmarks/bench_replay.py --events 100000   # a quick look
