@@ -1,13 +1,15 @@
 """The cost of one decision, for in-memory fleets of 10^2, 10^4 and 10^6 workers.
 
-Run by hand from the repository root (about a minute, most of it building the 10^6 fleet)::
+Run by hand from the repository root (a few minutes, most of it building the 10^6 fleet)::
 
     .venv/bin/python benchmarks/bench_core.py
 
 ``--sizes 100,10000`` picks other fleet sizes, ``--repeat`` the number of timed rounds and
-``--budget`` their length.  The best round is reported, the usual way to keep other load on the
-machine out of the figure, and the rounds of all sizes are interleaved so that such load hits
-every size alike.
+``--budget`` their length.  Each figure is given twice: the CPU time of this process per call
+(``time.process_time``), which other processes on a busy machine disturb least, and the wall
+time per call (``time.perf_counter``).  The best round of each is reported, the usual way to
+keep other load on the machine out of the figure, and the rounds of all sizes are interleaved
+so that such load hits every size alike.
 
 What is measured, per fleet size:
 
@@ -146,6 +148,10 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
     return repo
 
 
+#: A timing: (CPU seconds, wall seconds) per call.
+Timing = tuple[float, float]
+
+
 def calibrate(fn: Callable[[], object], budget: float) -> int:
     """How many calls of ``fn`` take about ``budget`` seconds."""
     fn()
@@ -160,12 +166,19 @@ def calibrate(fn: Callable[[], object], budget: float) -> int:
         loops *= 4
 
 
-def one_round(fn: Callable[[], object], loops: int) -> float:
-    """Seconds per call of ``fn`` over ``loops`` calls."""
-    start = time.perf_counter()
+def one_round(fn: Callable[[], object], loops: int) -> Timing:
+    """CPU and wall seconds per call of ``fn`` over ``loops`` calls."""
+    cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(loops):
         fn()
-    return (time.perf_counter() - start) / loops
+    return (time.process_time() - cpu) / loops, (time.perf_counter() - wall) / loops
+
+
+def best(old: Timing | None, new: Timing) -> Timing:
+    """The best CPU time and the best wall time of two timings (each on its own)."""
+    if old is None:
+        return new
+    return min(old[0], new[0]), min(old[1], new[1])
 
 
 def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], object]]:
@@ -231,51 +244,56 @@ def session_ends(n: int) -> Iterator[wm.Event]:
 
 def time_session_ends(
     repo: wm.InMemoryWorkerRepository, events: Iterator[wm.Event], per_round: int = 3
-) -> float:
-    """Seconds per ``finished`` over the next ``per_round`` events (each ends another worker's
-    session, so the same call cannot be repeated); ``inf`` when the fleet has run out."""
+) -> Timing:
+    """CPU and wall seconds per ``finished`` over the next ``per_round`` events (each ends
+    another worker's session, so the same call cannot be repeated); ``inf`` when the fleet has
+    run out."""
     batch = list(itertools.islice(events, per_round))
     if len(batch) < per_round:
-        return float("inf")
-    start = time.perf_counter()
+        return float("inf"), float("inf")
+    cpu, wall = time.process_time(), time.perf_counter()
     for event in batch:
         outcome = wm.apply_event(event, NOW, repo)
-    elapsed = (time.perf_counter() - start) / per_round
+    elapsed = (time.process_time() - cpu) / per_round, (time.perf_counter() - wall) / per_round
     assert outcome.rule is wm.Rule.EXACT_IP, outcome.explain()
     assert outcome.ended, outcome.explain()
     return elapsed
 
 
-def measure(sizes: list[int], repeat: int, budget: float) -> dict[int, dict[str, float]]:
-    """Best seconds per call for each size and case, plus the build time ("build s").
+def measure(
+    sizes: list[int], repeat: int, budget: float
+) -> tuple[dict[int, dict[str, Timing]], dict[int, float]]:
+    """Best CPU and wall seconds per call for each size and case, and each fleet's build time.
 
     Every fleet is built first; then each round times every case on every fleet in turn, so
     that a burst of load from other processes on the machine hits all sizes alike.
     """
     fleets: dict[int, dict[str, Callable[[], object]]] = {}
     repos: dict[int, wm.InMemoryWorkerRepository] = {}
-    table: dict[int, dict[str, float]] = {}
+    table: dict[int, dict[str, Timing]] = {}
+    built: dict[int, float] = {}
     for n in sizes:
         t = time.perf_counter()
         repos[n] = repo = build_fleet(n)
-        table[n] = {"build s": time.perf_counter() - t}
+        built[n] = time.perf_counter() - t
+        table[n] = {}
         fleets[n] = cases(repo, n)
-        print(f"  built {n:>9,} workers in {table[n]['build s']:.1f} s", flush=True)
+        print(f"  built {n:>9,} workers in {built[n]:.1f} s", flush=True)
     gc.collect()
     gc.freeze()  # the fleets are long-lived: keep the collector from rescanning them
     loops = {(n, k): calibrate(fn, budget) for n, fns in fleets.items() for k, fn in fns.items()}
     for _ in range(repeat):
         for n, fns in fleets.items():
             for k, fn in fns.items():
-                elapsed = one_round(fn, loops[n, k])
-                table[n][k] = min(table[n].get(k, float("inf")), elapsed)
+                table[n][k] = best(table[n].get(k), one_round(fn, loops[n, k]))
     ends = {n: session_ends(n) for n in sizes}
     for _ in range(repeat):
         for n, repo in repos.items():
-            elapsed = time_session_ends(repo, ends[n])
-            table[n]["end  apply"] = min(table[n].get("end  apply", float("inf")), elapsed)
+            table[n]["end  apply"] = best(
+                table[n].get("end  apply"), time_session_ends(repo, ends[n])
+            )
     gc.unfreeze()
-    return table
+    return table, built
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({platform.python_implementation()}), {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    table = measure(sizes, args.repeat, args.budget)
+    table, _ = measure(sizes, args.repeat, args.budget)
 
     keys = [
         "hot  match",
@@ -302,18 +320,19 @@ def main(argv: list[str] | None = None) -> int:
         "nat  apply",
         "end  apply",
     ]
-    print()
-    print("| fleet | " + " | ".join(k.replace("  ", " ") + " (µs)" for k in keys) + " |")
-    print("| ---: | " + " | ".join("---:" for _ in keys) + " |")
-    for n in sizes:
-        row = " | ".join(f"{table[n][k] * 1e6:.1f}" for k in keys)
-        print(f"| {n:,} | {row} |")
+    for which, title in ((0, "CPU time"), (1, "wall time")):
+        print(f"\n{title} per call, best of {args.repeat} rounds (µs):\n")
+        print("| fleet | " + " | ".join(k.replace("  ", " ") for k in keys) + " |")
+        print("| ---: | " + " | ".join("---:" for _ in keys) + " |")
+        for n in sizes:
+            row = " | ".join(f"{table[n][k][which] * 1e6:.1f}" for k in keys)
+            print(f"| {n:,} | {row} |")
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
         ratios = ", ".join(
-            f"{k.replace('  ', ' ')} {table[large][k] / table[small][k]:.2f}x" for k in keys
+            f"{k.replace('  ', ' ')} {table[large][k][0] / table[small][k][0]:.2f}x" for k in keys
         )
-        print(f"\n{large:,} vs {small:,} workers: {ratios} (target: within 1.5x)")
+        print(f"\nCPU time, {large:,} vs {small:,} workers: {ratios} (target: within 1.5x)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

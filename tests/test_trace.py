@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -149,6 +150,24 @@ def test_nothing_after_a_bad_line_is_applied() -> None:
         next(results)
     assert info.value.line == 2
     assert [w.id for w in repo.all_workers()] == ["w1"]
+
+
+def test_a_replay_reads_one_line_at_a_time() -> None:
+    # A trace is replayed as it is read: a trace of any length is never held whole.
+    read: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for line in SPEC_EXAMPLE:
+            read.append(line)
+            yield line
+
+    results = trace.replay(trace.parse_trace(lines()), fresh(), wm.DEFAULT_POLICY)
+    assert read == []
+    assert next(results).line == 1
+    assert read == SPEC_EXAMPLE[:1]
+    assert next(results).line == 2
+    assert read == SPEC_EXAMPLE[:2]
+    assert [r.line for r in results] == [3, 4]
 
 
 def test_blank_lines_are_skipped_but_counted() -> None:

@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import importlib
 import re
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -35,6 +37,7 @@ from .trace import (
     ReplayLine,
     TraceError,
     TraceRecord,
+    _replay_record,
     dump_json,
     dump_record,
     final_state,
@@ -134,12 +137,15 @@ def _decoded(binary: Iterable[bytes]) -> Iterator[str]:
         yield text
 
 
+#: How much replay output is held in memory before the rest waits on disk.
+_SPOOL_BYTES = 4 * 1024 * 1024
+
+
 @contextlib.contextmanager
-def _trace_lines(source: str, stdin_cache: list[bytes]) -> Iterator[Iterator[str]]:
+def _trace_lines(source: str) -> Iterator[Iterator[str]]:
+    """The lines of the trace at ``source`` (``-``: standard input), read as they are used."""
     if source == "-":
-        if not stdin_cache:
-            stdin_cache.extend(sys.stdin.buffer.readlines())
-        yield _decoded(iter(stdin_cache))
+        yield _decoded(sys.stdin.buffer)
         return
     try:
         f = open(source, "rb")  # noqa: SIM115 - closed below
@@ -149,14 +155,13 @@ def _trace_lines(source: str, stdin_cache: list[bytes]) -> Iterator[Iterator[str
         yield _decoded(f)
 
 
-def _check_trace(source: str, stdin_cache: list[bytes]) -> datetime | None:
-    """Read the whole trace once, so a bad line is reported before anything is applied or
-    printed.  Returns the latest ``at`` (``None`` for an empty trace)."""
+def _check_trace(lines: Iterable[str], source: str) -> datetime | None:
+    """Read a whole trace, so that a bad line is reported before anything is applied.
+    Returns the latest ``at`` (``None`` for an empty trace)."""
     latest: datetime | None = None
     try:
-        with _trace_lines(source, stdin_cache) as lines:
-            for record in parse_trace(lines):
-                latest = record.at if latest is None else max(latest, record.at)
+        for record in parse_trace(lines):
+            latest = record.at if latest is None else max(latest, record.at)
     except TraceError as exc:
         raise UsageError(f"{_label(source)}: {exc}") from None
     return latest
@@ -168,39 +173,78 @@ def _label(source: str) -> str:
 
 def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     policy = get_policy(args.policy)
-    stdin_cache: list[bytes] = []
-    latest = _check_trace(args.trace, stdin_cache)
-    repo, close = _open_store(args.db, reset=args.reset)
-    try:
-        table = None if args.jsonl else _Table(out, explain=args.explain)
-        if table is not None:
-            store = "memory" if args.db is None else args.db
-            table.header(_label(args.trace), policy, store)
-        with _trace_lines(args.trace, stdin_cache) as lines:
-            for record in parse_trace(lines):
-                for result in replay([record], repo, policy):
-                    if table is None:
-                        out.write(dump_json(result.to_dict()) + "\n")
-                    else:
-                        table.row(record, result)
-        state = final_state(repo, latest or datetime.now(timezone.utc), policy)
-        if table is None:
-            out.write(dump_json(state) + "\n")
-        else:
-            table.footer(state, latest)
-    except StorageError as exc:
-        raise StoreFailure(f"the store failed: {exc}") from None
-    except InvalidInput as exc:  # a value the trace check let through: one line, not a traceback
-        raise UsageError(f"{_label(args.trace)}: {exc}") from None
-    finally:
-        close()
+    with contextlib.ExitStack() as stack:
+        lines = stack.enter_context(_trace_lines(args.trace))
+        if args.db is not None:
+            # A database must stay untouched by a bad trace: check the whole trace first, then
+            # read it again to replay it (standard input waits in a temporary file meanwhile).
+            if args.trace == "-":
+                kept = stack.enter_context(tempfile.SpooledTemporaryFile(_SPOOL_BYTES))
+                _check_trace(_copied(lines, kept), args.trace)
+                kept.seek(0)
+                lines = _decoded(kept)
+            else:
+                _check_trace(lines, args.trace)
+                lines = stack.enter_context(_trace_lines(args.trace))
+        # In memory, each line is read and applied once, on a store of this command's own; the
+        # output waits (in a temporary file past a few megabytes) until the whole trace has
+        # been read, so that a bad line still prints nothing.
+        spool = stack.enter_context(
+            tempfile.SpooledTemporaryFile(_SPOOL_BYTES, mode="w+", encoding="utf-8", newline="")
+        )
+        repo, close = _open_store(args.db, reset=args.reset)
+        stack.callback(close)
+        try:
+            _replay_to(spool, lines, repo, policy, args)
+        except TraceError as exc:
+            raise UsageError(f"{_label(args.trace)}: {exc}") from None
+        except StorageError as exc:
+            raise StoreFailure(f"the store failed: {exc}") from None
+        except InvalidInput as exc:  # a value the trace check let through: one line
+            raise UsageError(f"{_label(args.trace)}: {exc}") from None
+        spool.seek(0)
+        shutil.copyfileobj(spool, out)
     return EXIT_OK
+
+
+def _copied(lines: Iterable[str], into: IO[bytes]) -> Iterator[str]:
+    """``lines``, each also written to ``into`` as UTF-8."""
+    for text in lines:
+        into.write(text.encode("utf-8"))
+        yield text
+
+
+def _replay_to(
+    out: IO[str],
+    lines: Iterable[str],
+    repo: WorkerRepository,
+    policy: Policy,
+    args: argparse.Namespace,
+) -> None:
+    """Replay ``lines`` and write the output of ``workermatch replay`` to ``out``."""
+    table = None if args.jsonl else _Table(out, explain=args.explain)
+    if table is not None:
+        store = "memory" if args.db is None else args.db
+        table.header(_label(args.trace), policy, store)
+    latest: datetime | None = None
+    for record in parse_trace(lines):
+        latest = record.at if latest is None else max(latest, record.at)
+        result = _replay_record(record, repo, policy)
+        if table is None:
+            out.write(dump_json(result.to_dict()) + "\n")
+        else:
+            table.row(record, result)
+    state = final_state(repo, latest or datetime.now(timezone.utc), policy)
+    if table is None:
+        out.write(dump_json(state) + "\n")
+    else:
+        table.footer(state, latest)
 
 
 class _Table:
     """The human-readable form of a replay: one row per request, then the final state."""
 
-    def __init__(self, out: TextIO, *, explain: bool) -> None:
+    def __init__(self, out: IO[str], *, explain: bool) -> None:
         self.out = out
         self.explain = explain
         self.day: str | None = None

@@ -47,6 +47,9 @@ from ._model import (
     Identity,
     Worker,
     WorkerStatus,
+    direct_constructor,
+    evolve_valid,
+    evolve_valid_worker,
 )
 from ._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
 
@@ -101,35 +104,37 @@ class Query:
 Ask: TypeAlias = Generator[Query, Any, T]
 """A computation that yields queries and returns a ``T``."""
 
+_query = direct_constructor(Query)
+
 
 def _get_worker(worker_id: str) -> Ask[Worker | None]:
-    return (yield Query("get_worker", (worker_id,)))  # type: ignore[no-any-return]
+    return (yield _query("get_worker", (worker_id,)))  # type: ignore[no-any-return]
 
 
 def _get_assignment(assignment_id: str) -> Ask[Assignment | None]:
-    return (yield Query("get_assignment", (assignment_id,)))  # type: ignore[no-any-return]
+    return (yield _query("get_assignment", (assignment_id,)))  # type: ignore[no-any-return]
 
 
 def _by_ip(ip: str, seen_since: datetime) -> Ask[list[Worker]]:
-    return list((yield Query("live_workers_by_ip", (ip, seen_since))))
+    return list((yield _query("live_workers_by_ip", (ip, seen_since))))
 
 
 def _by_hostname(hostname: str, seen_since: datetime) -> Ask[list[Worker]]:
-    return list((yield Query("live_workers_by_hostname", (hostname, seen_since))))
+    return list((yield _query("live_workers_by_hostname", (hostname, seen_since))))
 
 
 def _recent_running(created_since: datetime, seen_since: datetime) -> Ask[list[Worker]]:
-    return list((yield Query("recent_running_workers", (created_since, seen_since))))
+    return list((yield _query("recent_running_workers", (created_since, seen_since))))
 
 
 def _stale_running(ip: str, hostname: str | None, seen_before: datetime) -> Ask[list[Worker]]:
-    return list((yield Query("stale_running_workers", (ip, hostname, seen_before))))
+    return list((yield _query("stale_running_workers", (ip, hostname, seen_before))))
 
 
 def _running_of(worker_ids: Sequence[str]) -> Ask[list[Assignment]]:
     if not worker_ids:
         return []
-    return list((yield Query("running_assignments_of", (tuple(worker_ids),))))
+    return list((yield _query("running_assignments_of", (tuple(worker_ids),))))
 
 
 # ============================================================================================
@@ -272,7 +277,7 @@ class Effect(str, enum.Enum):
         return f"Effect.{self.name}"
 
 
-@attrs.frozen
+@attrs.define  # not frozen: made for every decision, and never changed
 class _Ctx:
     identity: Identity
     now: datetime
@@ -294,7 +299,7 @@ class _Ctx:
         return effect in self.policy.rules.effects
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define  # not frozen: made for every rule, and never changed
 class _Found:
     """A row's answer: its candidates, those it rejected itself, and what it looked at."""
 
@@ -305,13 +310,18 @@ class _Found:
     """The candidates may be stale: a hint brings its worker back."""
 
 
-_Find: TypeAlias = Callable[["_Ctx", "Row"], "Ask[_Found | str]"]
+_Find: TypeAlias = Callable[["_Ctx", "Row"], "str | Ask[_Found | str]"]
+"""A row's candidate query: why the row does not apply (without a read), or the reads."""
 
 
-def _find_worker_id(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+def _find_worker_id(ctx: _Ctx, row: Row) -> str | Ask[_Found | str]:
     hint = ctx.identity.worker_id
     if hint is None:
         return "the request carries no worker_id hint"
+    return _find_hinted_worker(ctx, hint)
+
+
+def _find_hinted_worker(ctx: _Ctx, hint: str) -> Ask[_Found | str]:
     worker = yield from _get_worker(hint)
     hops = 0
     while worker is not None and worker.merged_into is not None and hops < 16:
@@ -326,10 +336,14 @@ def _find_worker_id(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     return (yield from _hinted(ctx, worker, detail))
 
 
-def _find_assignment(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
+def _find_assignment(ctx: _Ctx, row: Row) -> str | Ask[_Found | str]:
     hint = ctx.identity.assignment_id
     if hint is None:
         return "the request carries no assignment hint"
+    return _find_hinted_assignment(ctx, hint)
+
+
+def _find_hinted_assignment(ctx: _Ctx, hint: str) -> Ask[_Found | str]:
     detail = f"the hint names assignment {hint}"
     assignment = yield from _get_assignment(hint)
     if assignment is None:
@@ -375,7 +389,7 @@ def _hinted(ctx: _Ctx, worker: Worker, detail: str) -> Ask[_Found]:
 
 def _find_exact_ip(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     found = yield from _by_ip(ctx.identity.ip, ctx.live_since)
-    return _Found(workers=found, rejected=[], detail=f"live workers with ip {ctx.identity.ip}")
+    return _Found(found, [], f"live workers with ip {ctx.identity.ip}")  # the hot row
 
 
 def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
@@ -626,7 +640,7 @@ class Row:
         """What the row's candidate query asks, in words (the docs' table is made from it)."""
         return _ASKS[self.rule]
 
-    def find(self, ctx: _Ctx) -> Ask[_Found | str]:
+    def find(self, ctx: _Ctx) -> str | Ask[_Found | str]:
         return _FINDERS[self.rule](ctx, self)
 
 
@@ -651,10 +665,20 @@ class Rules:
     ranking: tuple[Criterion, ...] = attrs.field(converter=_c_ranking)
     guards: frozenset[Guard] = attrs.field(default=frozenset(), converter=_c_guards)
     effects: frozenset[Effect] = attrs.field(default=frozenset(), converter=_c_effects)
+    _serving: dict[EventKind, tuple[Row, ...]] = attrs.field(init=False, eq=False, repr=False)
+    """The rows that serve each event kind, made once."""
+
+    def __attrs_post_init__(self) -> None:
+        serving = {k: tuple(r for r in self.rows if k in r.kinds) for k in EventKind}
+        object.__setattr__(self, "_serving", serving)
 
     def chain_for(self, kind: EventKind) -> tuple[Rule, ...]:
         """The rules a request of ``kind`` goes through, in order (creating a worker ends it)."""
-        return tuple(r.rule for r in self.rows if kind in r.kinds)
+        return tuple(r.rule for r in self._serving[kind])
+
+    def rows_for(self, kind: EventKind) -> tuple[Row, ...]:
+        """The rows a request of ``kind`` goes through, in order."""
+        return self._serving[kind]
 
     def row(self, rule: Rule) -> Row:
         """The row of ``rule``."""
@@ -823,10 +847,10 @@ def _ineligible(worker: Worker, ctx: _Ctx) -> str | None:
             f"{_span(grace)} for trailing messages"
         )
     if (
-        ctx.guarded(Guard.HOSTNAME_VETO)
-        and identity.hostname is not None
+        identity.hostname is not None
         and worker.hostname is not None
         and worker.hostname != identity.hostname
+        and ctx.guarded(Guard.HOSTNAME_VETO)
     ):
         return f"hostname veto: its hostname {worker.hostname} differs from {identity.hostname}"
     if ctx.claiming is not None and ctx.guarded(Guard.SESSIONS):
@@ -888,10 +912,13 @@ def _key_part(criterion: Criterion, w: Worker, ctx: _Ctx) -> Any:
     return w.created_at - _EPOCH  # Criterion.OLDEST
 
 
-_Ranked: TypeAlias = list[tuple[Worker, tuple[Any, ...]]]
+_Pair: TypeAlias = tuple[Worker, tuple[Any, ...]]
+_Ranked: TypeAlias = list[_Pair]
 
 
 def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
+    if len(workers) == 1:
+        return [(workers[0], ())]  # nothing to rank: no key is ever compared
     ranking = ctx.rules.ranking
     keyed = [(w, (*(_key_part(c, w, ctx) for c in ranking), w.id)) for w in workers]
     keyed.sort(key=lambda pair: pair[1])
@@ -900,6 +927,8 @@ def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
 
 def _doubt(ranked: _Ranked, ctx: _Ctx) -> list[Worker]:
     """The candidates the evidence cannot separate from the best one (the best included)."""
+    if len(ranked) == 1:
+        return [ranked[0][0]]
     ranking = ctx.rules.ranking
     evidence = [i for i, c in enumerate(ranking) if c.is_evidence]
     best = ranked[0][1]
@@ -919,7 +948,7 @@ def _why_outranked(key: tuple[Any, ...], best: tuple[Any, ...], winner: str, ctx
 # 4. Placement
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Decision:
     """Which worker a request belongs to, and why.
 
@@ -936,13 +965,28 @@ class Decision:
     rule: Rule
     worker: Worker | None
     ambiguous: bool
-    reports: tuple[RuleReport, ...]
+    _reports: tuple[RuleReport, ...] | _Seen = attrs.field(alias="reports", eq=lambda r: _made(r))
+    """The reports, or what the rules saw, from which :attr:`reports` makes them when read."""
     outranked: tuple[Worker, ...] = ()
     """The winning rule's other eligible candidates, as read, best first."""
     doubt: tuple[str, ...] = ()
     """The ids of the candidates the evidence could not separate, the winner first."""
     revived: bool = False
     """The winner was stale and a hint brings it back."""
+
+    def __repr__(self) -> str:
+        names = (a.alias or a.name for a in attrs.fields(Decision))
+        fields = (f"{name}={getattr(self, name)!r}" for name in names)
+        return f"Decision({', '.join(fields)})"
+
+    @property
+    def reports(self) -> tuple[RuleReport, ...]:
+        """One :class:`RuleReport` per rule of the chain, in order (made when first read)."""
+        reports = self._reports
+        if isinstance(reports, _Seen):
+            reports = reports.reports()
+            object.__setattr__(self, "_reports", reports)  # kept: the same text every time
+        return reports
 
     @property
     def created(self) -> bool:
@@ -1006,6 +1050,9 @@ class Decision:
         }
 
 
+_new_decision = direct_constructor(Decision)
+
+
 def _describe(identity: Identity) -> str:
     parts = [f"ip={identity.ip}"]
     if identity.hostname is not None:
@@ -1032,12 +1079,15 @@ def choose(
     winning rule's best candidates cannot be told apart.
     """
     ctx = _Ctx(identity, now, policy, claiming)
-    chain = ctx.rules.chain_for(kind)
-    reports: list[RuleReport] = []
-    for index, rule in enumerate(chain):
-        found = yield from ctx.rules.row(rule).find(ctx)
+    rows = ctx.rules.rows_for(kind)
+    # What each rule saw, as found: the reports are made from it when first read.
+    seen = _Seen(ctx, rows)
+    for row in rows:
+        rule = row.rule
+        finding = row.find(ctx)
+        found = finding if isinstance(finding, str) else (yield from finding)
         if isinstance(found, str):
-            reports.append(RuleReport(rule=rule, outcome="not applicable", detail=found))
+            seen.steps.append((rule, "not applicable", found, (), ()))
             continue
         rejected = list(found.rejected)
         eligible: list[Worker] = []
@@ -1048,74 +1098,26 @@ def choose(
             else:
                 rejected.append(Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why))
         if not eligible:
-            reports.append(
-                RuleReport(
-                    rule=rule,
-                    outcome="no candidates",
-                    detail=found.detail,
-                    candidates=_sorted(rejected),
-                )
-            )
+            seen.steps.append((rule, "no candidates", found.detail, rejected, ()))
             continue
         ranked = _rank(eligible, ctx)
         doubt = _doubt(ranked, ctx)
         ambiguous = len(doubt) > 1
         if ambiguous and policy.on_ambiguous is OnAmbiguous.SKIP_RULE:
-            passed = [
-                Candidate(
-                    worker_id=w.id,
-                    verdict=Verdict.PASSED_OVER,
-                    reason="the evidence could not tell the candidates apart and the policy "
-                    "skips ambiguous rules",
-                )
-                for w, _ in ranked
-            ]
-            reports.append(
-                RuleReport(
-                    rule=rule,
-                    outcome="passed over",
-                    detail=found.detail + f"; {len(doubt)} candidates could not be told apart",
-                    candidates=tuple(passed) + _sorted(rejected),
-                )
-            )
+            detail = found.detail + f"; {len(doubt)} candidates could not be told apart"
+            seen.steps.append((rule, "passed over", detail, rejected, ranked))
             continue
-        winner, best = ranked[0]
-        if ambiguous:
-            why = f"could not be told apart from {len(doubt) - 1} other(s); first by {_order(ctx)}"
-        elif len(ranked) > 1:
-            why = f"best of {len(ranked)} candidates by {_order(ctx)}"
-        else:
-            why = "the only eligible candidate"
-        taken = [Candidate(worker_id=winner.id, verdict=Verdict.TAKEN, reason=why)]
-        taken += [
-            Candidate(
-                worker_id=w.id,
-                verdict=Verdict.OUTRANKED,
-                reason=_why_outranked(key, best, winner.id, ctx),
-            )
-            for w, key in ranked[1:]
-        ]
-        reports.append(
-            RuleReport(
-                rule=rule,
-                outcome="matched",
-                detail=found.detail,
-                candidates=tuple(taken) + _sorted(rejected),
-            )
-        )
-        reports.extend(
-            RuleReport(rule=r, outcome="not reached", detail=f"{rule.value} matched first")
-            for r in chain[index + 1 :]
-        )
-        decision = Decision(
+        seen.steps.append((rule, "matched", found.detail, rejected, ranked))
+        seen.doubt = len(doubt)
+        decision = _new_decision(
             identity=identity,
             now=now,
             policy=policy.name,
             rule=rule,
-            worker=winner,
+            worker=ranked[0][0],
             ambiguous=ambiguous,
-            reports=tuple(reports),
-            outranked=tuple(w for w, _ in ranked[1:]),
+            reports=seen,
+            outranked=tuple(w for w, _ in ranked[1:]) if len(ranked) > 1 else (),
             doubt=tuple(w.id for w in doubt) if ambiguous else (),
             revived=found.revive,
         )
@@ -1126,18 +1128,88 @@ def choose(
                 decision=decision,
             )
         return decision
-    return Decision(
+    return _new_decision(
         identity=identity,
         now=now,
         policy=policy.name,
         rule=Rule.CREATED,
         worker=None,
         ambiguous=False,
-        reports=tuple(reports),
+        reports=seen,
     )
 
 
-def _sorted(candidates: list[Candidate]) -> tuple[Candidate, ...]:
+class _Seen:
+    """What each rule of a decision's chain saw, kept as found, and the reports made from it
+    (:meth:`reports`) when someone reads them: most decisions are never explained, and their
+    texts cost more than the decision.  The texts are the same whenever they are made."""
+
+    __slots__ = ("ctx", "doubt", "rows", "steps")
+
+    def __init__(self, ctx: _Ctx, rows: tuple[Row, ...]) -> None:
+        self.ctx = ctx
+        self.rows = rows
+        # One step per rule reached: (rule, outcome, detail, rejected, ranked).
+        self.steps: list[tuple[Rule, str, str, Sequence[Candidate], Sequence[_Pair]]] = []
+        self.doubt = 0
+        """How many candidates of the matching rule the evidence could not separate."""
+
+    def reports(self) -> tuple[RuleReport, ...]:
+        """One :class:`RuleReport` per rule of the chain, in order."""
+        ctx = self.ctx
+        reports: list[RuleReport] = []
+        for rule, outcome, detail, rejected, ranked in self.steps:
+            candidates = _sorted(rejected)
+            if outcome == "passed over":
+                passed = tuple(
+                    Candidate(
+                        worker_id=w.id,
+                        verdict=Verdict.PASSED_OVER,
+                        reason="the evidence could not tell the candidates apart and the policy "
+                        "skips ambiguous rules",
+                    )
+                    for w, _ in ranked
+                )
+                candidates = passed + candidates
+            elif outcome == "matched":
+                winner, best = ranked[0]
+                if self.doubt > 1:
+                    why = (
+                        f"could not be told apart from {self.doubt - 1} other(s); "
+                        f"first by {_order(ctx)}"
+                    )
+                elif len(ranked) > 1:
+                    why = f"best of {len(ranked)} candidates by {_order(ctx)}"
+                else:
+                    why = "the only eligible candidate"
+                taken = [Candidate(worker_id=winner.id, verdict=Verdict.TAKEN, reason=why)]
+                taken += [
+                    Candidate(
+                        worker_id=w.id,
+                        verdict=Verdict.OUTRANKED,
+                        reason=_why_outranked(key, best, winner.id, ctx),
+                    )
+                    for w, key in ranked[1:]
+                ]
+                candidates = tuple(taken) + candidates
+            reports.append(
+                RuleReport(rule=rule, outcome=outcome, detail=detail, candidates=candidates)
+            )
+            if outcome == "matched":
+                reports.extend(
+                    RuleReport(
+                        rule=r.rule, outcome="not reached", detail=f"{rule.value} matched first"
+                    )
+                    for r in self.rows[len(self.steps) :]
+                )
+        return tuple(reports)
+
+
+def _made(reports: tuple[RuleReport, ...] | _Seen) -> tuple[RuleReport, ...]:
+    return reports.reports() if isinstance(reports, _Seen) else reports
+
+
+def _sorted(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
     return tuple(sorted(candidates, key=lambda c: c.worker_id))
 
 
@@ -1259,6 +1331,10 @@ class Outcome:
         return "\n".join(lines)
 
 
+_new_outcome = direct_constructor(Outcome)
+_update_worker = direct_constructor(UpdateWorker)
+
+
 class _Writes:
     """The writes of one request, collected: the latest version of each row wins its place."""
 
@@ -1292,12 +1368,16 @@ class _Writes:
         """The writes: new workers first, then new assignments, then updates, each in the order
         they were first made (so that every row an operation names exists before it)."""
         out: list[Write] = []
-        rank = {("w", k): 0 for k in self.inserted} | {("a", k): 1 for k in self.new_assignments}
-        for what, key in sorted(self.order, key=lambda item: rank.get(item, 2)):
+        order = self.order
+        if self.inserted or self.new_assignments:
+            rank = {("w", k): 0 for k in self.inserted}
+            rank |= {("a", k): 1 for k in self.new_assignments}
+            order = sorted(order, key=lambda item: rank.get(item, 2))
+        for what, key in order:
             if what == "w":
                 w = self.workers[key]
                 out.append(
-                    InsertWorker(worker=w) if key in self.inserted else UpdateWorker(worker=w)
+                    InsertWorker(worker=w) if key in self.inserted else _update_worker(worker=w)
                 )
             else:
                 a = self.assignments[key]
@@ -1313,11 +1393,13 @@ def _touch(worker: Worker, event: Event, now: datetime, ctx: _Ctx) -> Worker:
     identity = event.identity
     hostname, seen = worker.hostname, worker.hostname_seen
     if identity.hostname is not None:
-        if hostname is None or not ctx.guarded(Guard.HOSTNAME_VETO):
+        if hostname != identity.hostname and (
+            hostname is None or not ctx.guarded(Guard.HOSTNAME_VETO)
+        ):
             hostname = identity.hostname
         if hostname == identity.hostname:
             seen = now
-    return attrs.evolve(
+    return evolve_valid_worker(
         worker,
         ip=identity.ip,
         hostname=hostname,
@@ -1393,7 +1475,7 @@ def _claim(
     if sessions and holder is not None and holder_live:
         if matched is not None and matched.id == holder.id:
             worker = out.worker(_touch(matched, event, now, ctx))
-            return Outcome(
+            return _new_outcome(
                 event=event,
                 decision=decision,
                 worker=worker,
@@ -1421,7 +1503,7 @@ def _claim(
         worker = _new_worker(event, now, make_id())
     else:
         worker = _touch(matched, event, now, ctx)
-    worker = attrs.evolve(worker, status=WorkerStatus.RUNNING, assignment_id=aid, ended_at=None)
+    worker = evolve_valid(worker, status=WorkerStatus.RUNNING, assignment_id=aid, ended_at=None)
     out.worker(worker, insert=created)
     transferred: list[str] = []
     if created and ctx.does(Effect.TRANSFER_ON_CLAIM):
@@ -1431,13 +1513,13 @@ def _claim(
         # guard): it no longer runs this assignment.
         others = [a for a in (yield from _running_of([holder.id])) if a.id != aid]
         out.worker(
-            attrs.evolve(
+            evolve_valid(
                 out.latest(holder), status=WorkerStatus.RUNNING if others else WorkerStatus.IDLE
             )
         )
     started = assignment.started_at if assignment.worker_id == worker.id else now
     out.assignment(
-        attrs.evolve(
+        evolve_valid(
             assignment,
             status=AssignmentStatus.RUNNING,
             worker_id=worker.id,
@@ -1448,7 +1530,7 @@ def _claim(
     )
     if matched is not None and decision.ambiguous:
         yield from _contest(decision, out, alerts)
-    return Outcome(
+    return _new_outcome(
         event=event,
         decision=decision,
         worker=out.latest(worker),
@@ -1517,17 +1599,18 @@ def _request(
                         f"kept {', '.join(kept)} alive: the request, from their address, may be "
                         "theirs"
                     )
-        if ctx.does(Effect.RECONCILE):
+        if event.identity.hostname is not None and ctx.does(Effect.RECONCILE):
+            # Both reconciliations start from the hostname the request reveals.
             survivor = yield from _reconcile(ctx, event, before, out, notes)
             if survivor is None:
                 survivor = yield from _renamed(ctx, event, before, out, notes)
             if survivor is not None:
                 merged, worker = (before.id,), survivor
         if (
-            ctx.does(Effect.TRANSFER_ON_HOSTNAME)
-            and not merged
-            and before.hostname is None
+            before.hostname is None
             and event.identity.hostname is not None
+            and not merged
+            and ctx.does(Effect.TRANSFER_ON_HOSTNAME)
         ):
             transferred = yield from _transfer(
                 ctx, event, out.latest(worker), out, notes, alerts, by_ip=False
@@ -1539,8 +1622,12 @@ def _request(
     held: tuple[str, ...] = ()
     ending = event.kind is EventKind.GUI_UPDATE and event.message in (FINISHED, FATAL_ERROR)
     status = AssignmentStatus.COMPLETED if event.message == FINISHED else AssignmentStatus.FAILED
-    known = {w.id: w for w in (decision.worker, *decision.outranked) if w is not None}
-    evidence = ctx.guarded(Guard.EVIDENCE)
+    known = (
+        {w.id: w for w in (decision.worker, *decision.outranked) if w is not None}
+        if (ending or pending is not None)
+        else {}
+    )
+    evidence = ending and ctx.guarded(Guard.EVIDENCE)
     if ending and evidence and decision.ambiguous:
         # Which machine sent it is in doubt.
         held, done = yield from _hold(ctx, decision.doubt, "request", status, out, notes, known)
@@ -1564,7 +1651,7 @@ def _request(
         more = yield from _settle(ctx, worker.id, pending, ending, out, notes, known)
         ended += [a for a, _ in more]
         settled += more
-    return Outcome(
+    return _new_outcome(
         event=event,
         decision=decision,
         worker=out.latest(worker),
@@ -1582,6 +1669,9 @@ def _request(
 
 
 def _hint_refused(decision: Decision) -> bool:
+    identity = decision.identity
+    if identity.hostname is None or (identity.worker_id is None and identity.assignment_id is None):
+        return False  # no hint row saw a candidate, or none was vetoed (without reading reports)
     return any(
         c.verdict is Verdict.REJECTED and c.reason.startswith("hostname veto")
         for r in decision.reports
@@ -1613,7 +1703,7 @@ def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]
     for wid in doubt:
         w = winner if wid == winner.id else out.latest(read[wid])
         if w.contested != doubt:
-            out.worker(attrs.evolve(w, contested=doubt))
+            out.worker(evolve_valid(w, contested=doubt))
     return
     yield  # pragma: no cover - makes this a generator
 
@@ -1630,39 +1720,33 @@ def _end(
 
     Its assignments are those the store holds for it, as this request's writes leave them
     (work it just took by a transfer or a merge included, work moved away excluded).  When the
-    request ``named`` its assignment and the worker holds it, that one alone ends: the others
-    came from another session (a transfer, a merge) and stay ``RUNNING``."""
+    request ``named`` an assignment that came to the worker from another session, that one
+    alone ends, and the worker's own session goes on."""
     stored = [] if worker.id in out.inserted else (yield from _running_of([worker.id]))
     mine = {a.id: out.assignments.get(a.id, a) for a in stored}
     mine.update({k: a for k, a in out.assignments.items() if a.worker_id == worker.id})
-    if named is not None and named in mine and len(mine) > 1:
-        others = sorted(
-            k
-            for k, a in mine.items()
-            if k != named and a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING
-        )
-        if others:
-            # The worker's session goes on: the work left on it is another session's.
-            a = mine[named]
-            out.assignment(attrs.evolve(a, status=status, ended_at=at))
-            latest = out.latest(worker)
-            if latest.assignment_id == named:
-                out.worker(attrs.evolve(latest, assignment_id=others[-1]))
+    own = out.latest(worker).assignment_id
+    if named is not None and named != own and named in mine:
+        a = mine[named]
+        if a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING:
+            # The named work came to this worker from another session (a transfer, a merge):
+            # that session ends, and this worker's own goes on.
+            out.assignment(evolve_valid(a, status=status, ended_at=at))
             if notes is not None:
                 notes.append(
-                    f"left {', '.join(others)} RUNNING on {worker.id}: the request names its "
-                    f"own assignment, {named}, and ends that one alone"
+                    f"ended {named} alone: the request names it, and it came to {worker.id} "
+                    f"from another session, while {worker.id}'s own ({own}) goes on"
                 )
             return [named]
     ended: list[str] = []
     for aid in sorted(mine):
         a = mine[aid]
         if a.worker_id == worker.id and a.status is AssignmentStatus.RUNNING:
-            out.assignment(attrs.evolve(a, status=status, ended_at=at))
+            out.assignment(evolve_valid(a, status=status, ended_at=at))
             ended.append(aid)
     final = WorkerStatus.IDLE if status is AssignmentStatus.COMPLETED else WorkerStatus.ERROR
     latest = out.latest(worker)
-    out.worker(attrs.evolve(latest, status=final, ended_at=latest.ended_at or at, held_end=None))
+    out.worker(evolve_valid(latest, status=final, ended_at=latest.ended_at or at, held_end=None))
     return ended
 
 
@@ -1706,7 +1790,7 @@ def _hold(
     end = HeldEnd(status=status, asked=asked, candidates=tuple(members), count=count, doubt=doubt)
     if end.count < len(members):
         for w in members.values():
-            out.worker(attrs.evolve(w, held_end=end))
+            out.worker(evolve_valid(w, held_end=end))
         why = (
             "it could have come from any of them"
             if doubt == "request"
@@ -1761,20 +1845,20 @@ def _settle(
         # this request comes from.
         return []
     if not ending:
-        out.worker(attrs.evolve(out.workers[worker_id], held_end=None))
+        out.worker(evolve_valid(out.workers[worker_id], held_end=None))
     why = "it ended on its own" if ending else "its machine was heard from since"
     notes.append(f"{worker_id} did not send the end held among {', '.join(held.candidates)}: {why}")
     if held.count < len(others):
-        rest = attrs.evolve(held, candidates=tuple(w.id for w in others))
+        rest = evolve_valid(held, candidates=tuple(w.id for w in others))
         for w in others:
-            out.worker(attrs.evolve(w, held_end=rest))
+            out.worker(evolve_valid(w, held_end=rest))
         return []
     done: list[tuple[str, HeldEnd]] = []
     for w in others:
         w = out.latest(w)
         if w.ended_at is not None:
             continue  # ended already, by the held end of a contest settled just above
-        out.worker(attrs.evolve(w, held_end=None))
+        out.worker(evolve_valid(w, held_end=None))
         if len(w.contested) > 1:
             _, more = yield from _hold(
                 ctx, w.contested, "assignment", held.status, out, notes, known, held.asked
@@ -1799,12 +1883,12 @@ def _revive(worker: Worker, out: _Writes, notes: list[str]) -> Ask[None]:
     if a.worker_id == worker.id:
         return
     taker = yield from _get_worker(a.worker_id)
-    out.assignment(attrs.evolve(a, worker_id=worker.id))
-    out.worker(attrs.evolve(out.latest(worker), status=WorkerStatus.RUNNING))
+    out.assignment(evolve_valid(a, worker_id=worker.id))
+    out.worker(evolve_valid(out.latest(worker), status=WorkerStatus.RUNNING))
     if taker is not None:
         left = [x for x in (yield from _running_of([taker.id])) if x.id != aid]
         if not left:
-            out.worker(attrs.evolve(out.latest(taker), status=WorkerStatus.IDLE))
+            out.worker(evolve_valid(out.latest(taker), status=WorkerStatus.IDLE))
     notes.append(f"moved {aid} back from {a.worker_id}, which took it while {worker.id} was stale")
 
 
@@ -1827,7 +1911,7 @@ def _keep_alive(
             and now - w.last_seen > ctx.policy.quiet_period
             and w.hostname is None
         ):
-            out.worker(attrs.evolve(out.latest(w), last_seen=now))
+            out.worker(evolve_valid(out.latest(w), last_seen=now))
             kept.append(w.id)
     return kept
 
@@ -1874,14 +1958,14 @@ def _transfer(
     running = yield from _running_of([w.id for w in stale])
     moved = sorted((a for a in running if a.id != exclude), key=lambda a: a.id)
     for w in sorted(stale, key=lambda w: w.id):
-        out.worker(attrs.evolve(out.latest(w), status=WorkerStatus.IDLE, stale=True))
+        out.worker(evolve_valid(out.latest(w), status=WorkerStatus.IDLE, stale=True))
     for a in moved:
-        out.assignment(attrs.evolve(a, worker_id=worker.id))
+        out.assignment(evolve_valid(a, worker_id=worker.id))
     if moved:
         latest = max(moved, key=lambda a: (a.started_at or ctx.now, a.id))
         current = out.latest(worker)
         out.worker(
-            attrs.evolve(
+            evolve_valid(
                 current,
                 status=WorkerStatus.RUNNING,
                 assignment_id=current.assignment_id or latest.id,
@@ -1917,7 +2001,7 @@ def _inherit_contest(source: Worker, heir: Worker, out: _Writes) -> Ask[None]:
         w = out.latest(w)
         contested = () if wid == source.id else doubt
         if w.contested != contested:
-            out.worker(attrs.evolve(w, contested=contested))
+            out.worker(evolve_valid(w, contested=contested))
 
 
 def _reconcile(
@@ -2003,7 +2087,7 @@ def _merge(ctx: _Ctx, event: Event, before: Worker, older: Worker, out: _Writes)
     duplicate = out.latest(before)
     runs = older.status is WorkerStatus.RUNNING or bool(moved)
     survivor = out.worker(
-        attrs.evolve(
+        evolve_valid(
             out.latest(older),
             ip=event.identity.ip,
             hostname=event.identity.hostname,
@@ -2013,9 +2097,9 @@ def _merge(ctx: _Ctx, event: Event, before: Worker, older: Worker, out: _Writes)
             assignment_id=older.assignment_id or (moved[-1].id if moved else None),
         )
     )
-    out.worker(attrs.evolve(duplicate, status=WorkerStatus.IDLE, merged_into=older.id))
+    out.worker(evolve_valid(duplicate, status=WorkerStatus.IDLE, merged_into=older.id))
     for a in moved:
-        out.assignment(attrs.evolve(a, worker_id=older.id))
+        out.assignment(evolve_valid(a, worker_id=older.id))
     yield from _inherit_contest(duplicate, survivor, out)
     return survivor
 
@@ -2062,14 +2146,14 @@ def _renamed(
         return (yield from _passed_over(ctx, event, before, out, notes))
     older = found[0]
     survivor = out.worker(
-        attrs.evolve(
+        evolve_valid(
             out.latest(older),
             hostname=host,
             hostname_seen=now,
             last_seen=max(older.last_seen, now),
         )
     )
-    out.worker(attrs.evolve(out.latest(before), status=WorkerStatus.IDLE, merged_into=older.id))
+    out.worker(evolve_valid(out.latest(before), status=WorkerStatus.IDLE, merged_into=older.id))
     yield from _inherit_contest(before, survivor, out)
     notes.append(
         f"merged {before.id} into {older.id}: {older.hostname} was renamed {host} (its "

@@ -96,7 +96,8 @@ def match_worker(
     :class:`~workermatch.AmbiguousMatch` when the policy refuses an ambiguous match.
     """
     at, event_kind = _check_match_args(identity, now, repo, policy, kind)
-    return run(choose(identity, _at(at, repo), policy, event_kind), repo)
+    when = at if at is not None else _at(None, repo)
+    return run(choose(identity, when, policy, event_kind), repo)
 
 
 def _check_match_args(

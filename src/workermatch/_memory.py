@@ -99,8 +99,15 @@ class InMemoryWorkerRepository:
         return out
 
     def live_workers_by_ip(self, ip: str, seen_since: datetime) -> Sequence[Worker]:
+        # _live, written out: the question of almost every request.
+        out = []
         with self._lock:
-            return self._live(self._by_ip.get(ip, ()), seen_since)
+            workers = self._workers
+            for wid in self._by_ip.get(ip, ()):
+                w = workers[wid]
+                if not w.stale and w.merged_into is None and w.last_seen >= seen_since:
+                    out.append(w)
+        return out
 
     def live_workers_by_hostname(self, hostname: str, seen_since: datetime) -> Sequence[Worker]:
         with self._lock:
@@ -273,24 +280,38 @@ class InMemoryWorkerRepository:
             self._journal.append(lambda: self._index_worker(new, old))
 
     def _index_worker(self, old: Worker | None, new: Worker | None) -> None:
+        """Replace ``old`` with ``new`` (either may be ``None``) in the store and its indexes.
+        An entry that does not change is left in place (most writes move only ``last_seen``)."""
         wid = (new or old).id  # type: ignore[union-attr]
-        if old is not None:
+        if new is None:
+            assert old is not None
             _discard(self._by_ip, old.ip, wid)
             if old.hostname is not None:
                 _discard(self._by_hostname, old.hostname, wid)
             if old.status is WorkerStatus.RUNNING:
                 _discard(self._running_by_seen, _seen_bucket(old.last_seen), wid)
-        if new is None:
             del self._workers[wid]
             return
         self._workers[wid] = new
-        self._by_ip.setdefault(new.ip, set()).add(wid)
-        if new.hostname is not None:
-            self._by_hostname.setdefault(new.hostname, set()).add(wid)
-        if new.status is WorkerStatus.RUNNING:
-            key = _seen_bucket(new.last_seen)
-            self._running_by_seen.setdefault(key, set()).add(wid)
-            self._last_seen_bucket = max(self._last_seen_bucket, key)
+        if old is None or old.ip != new.ip:
+            if old is not None:
+                _discard(self._by_ip, old.ip, wid)
+            self._by_ip.setdefault(new.ip, set()).add(wid)
+        if old is None or old.hostname != new.hostname:
+            if old is not None and old.hostname is not None:
+                _discard(self._by_hostname, old.hostname, wid)
+            if new.hostname is not None:
+                self._by_hostname.setdefault(new.hostname, set()).add(wid)
+        running = WorkerStatus.RUNNING
+        was = None if old is None or old.status is not running else _seen_bucket(old.last_seen)
+        key = None if new.status is not running else _seen_bucket(new.last_seen)
+        if was != key:
+            if was is not None:
+                _discard(self._running_by_seen, was, wid)
+            if key is not None:
+                self._running_by_seen.setdefault(key, set()).add(wid)
+                self._last_seen_bucket = max(self._last_seen_bucket, key)
+        if key is not None:
             entry = (new.created_at, wid)
             if entry not in self._running_entries:
                 bisect.insort(self._running_by_created, entry)

@@ -174,12 +174,21 @@ def _json_type(value: object) -> str:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise ValueError(f"duplicate key {quote(key)}")
-        out[key] = value
-    return out
+        seen.add(key)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+_KEYS = frozenset(TRACE_KEYS)
+_KINDS = frozenset(k.value for k in EventKind)
+_CLAIM = EventKind.CLAIM.value
 
 
 def _optional_str(obj: Mapping[str, Any], key: str, lineno: int) -> str | None:
@@ -193,12 +202,15 @@ def _optional_str(obj: Mapping[str, Any], key: str, lineno: int) -> str | None:
 
 def _parse_line(text: str, lineno: int) -> TraceRecord:
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+        if isinstance(text, str) and not text.startswith("\ufeff"):
+            obj = _DECODER.decode(text)  # what json.loads does, without a decoder per line
+        else:
+            obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except ValueError as exc:
         raise TraceError(f"not valid JSON ({exc})", line=lineno) from None
     if not isinstance(obj, dict):
         raise TraceError(f"a trace line must be a JSON object, not {_json_type(obj)}", line=lineno)
-    unknown = sorted(set(obj) - set(TRACE_KEYS))
+    unknown = sorted(obj.keys() - _KEYS)
     if unknown:
         raise TraceError(
             f"unknown key {quote(unknown[0])}; a trace line has only {', '.join(TRACE_KEYS)}",
@@ -213,7 +225,7 @@ def _parse_line(text: str, lineno: int) -> TraceRecord:
     except InvalidInput as exc:
         raise TraceError(str(exc), line=lineno, field="at", value=obj["at"]) from None
     kind = obj["kind"]
-    if not isinstance(kind, str) or kind not in {k.value for k in EventKind}:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise TraceError(
             f"kind {quote(kind)} is not one of " + ", ".join(repr(k.value) for k in EventKind),
             line=lineno,
@@ -237,12 +249,12 @@ def _parse_line(text: str, lineno: int) -> TraceRecord:
             field="truth",
             value=truth,
         )
-    if kind == EventKind.CLAIM.value and assignment is None:
+    if kind == _CLAIM and assignment is None:
         raise TraceError(
             "a claim must name its assignment (key 'assignment')", line=lineno, field="assignment"
         )
     try:
-        if kind == EventKind.CLAIM.value:
+        if kind == _CLAIM:
             event = Event(
                 kind=kind,
                 identity=Identity(ip=ip, hostname=hostname, worker_id=worker_id),
@@ -411,49 +423,55 @@ def replay(
     factory :func:`~workermatch.sequential_ids` for the ids ``w1``, ``w2``, ... of a replay.
     A :class:`TraceError` raised by ``records`` propagates when the iteration reaches it;
     nothing from that record on is applied.  Refused claims are reported, not raised.
+
+    Records are read one at a time, as the lines are asked for: a replay of
+    ``parse_trace(file)`` holds one line of the trace at a time, whatever its length.
     """
     for record in records:
-        event = record.event
-        try:
-            outcome = apply_event(event, record.at, repo, policy, create_assignments=True)
-        except ClaimRefused as exc:
-            decision = run(
-                choose(event.identity, record.at, policy, event.kind, claiming=event.assignment_id),
-                repo,
-            )
-            yield ReplayLine(
-                line=record.line,
-                worker=None,
-                rule=decision.rule.value,
-                created=False,
-                ambiguous=decision.ambiguous,
-                refused=exc.reason,
-                decision=decision,
-            )
-            continue
-        except AmbiguousMatch as exc:
-            found = exc.decision if isinstance(exc.decision, Decision) else None
-            yield ReplayLine(
-                line=record.line,
-                worker=None,
-                rule=found.rule.value if found is not None else Rule.CREATED.value,
-                created=False,
-                ambiguous=True,
-                refused="ambiguous",
-                decision=found,
-            )
-            continue
-        yield ReplayLine(
-            line=record.line,
-            worker=outcome.worker.id,
-            rule=outcome.rule.value,
-            created=outcome.created,
-            ambiguous=outcome.ambiguous,
-            ended=outcome.ended,
-            alert=None if outcome.alert is None else outcome.alert.value,
-            outcome=outcome,
-            decision=outcome.decision,
+        yield _replay_record(record, repo, policy)
+
+
+def _replay_record(record: TraceRecord, repo: WorkerRepository, policy: Policy) -> ReplayLine:
+    """Apply one record to ``repo`` under ``policy``: one step of :func:`replay`."""
+    event = record.event
+    try:
+        outcome = apply_event(event, record.at, repo, policy, create_assignments=True)
+    except ClaimRefused as exc:
+        decision = run(
+            choose(event.identity, record.at, policy, event.kind, claiming=event.assignment_id),
+            repo,
         )
+        return ReplayLine(
+            line=record.line,
+            worker=None,
+            rule=decision.rule.value,
+            created=False,
+            ambiguous=decision.ambiguous,
+            refused=exc.reason,
+            decision=decision,
+        )
+    except AmbiguousMatch as exc:
+        found = exc.decision if isinstance(exc.decision, Decision) else None
+        return ReplayLine(
+            line=record.line,
+            worker=None,
+            rule=found.rule.value if found is not None else Rule.CREATED.value,
+            created=False,
+            ambiguous=True,
+            refused="ambiguous",
+            decision=found,
+        )
+    return ReplayLine(
+        line=record.line,
+        worker=outcome.worker.id,
+        rule=outcome.rule.value,
+        created=outcome.created,
+        ambiguous=outcome.ambiguous,
+        ended=outcome.ended,
+        alert=None if outcome.alert is None else outcome.alert.value,
+        outcome=outcome,
+        decision=outcome.decision,
+    )
 
 
 def _natural_key(text: str) -> tuple[Any, ...]:

@@ -131,6 +131,25 @@ def test_the_outcome_explains_what_the_request_wrote() -> None:
     assert created.splitlines()[-1] == "  created worker w2"
 
 
+def test_an_explanation_read_later_tells_what_the_rules_saw_when_they_decided() -> None:
+    # Explanations are written when first read: what the store holds by then is another story.
+    repo = new_repo()
+    wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="alpha"), at(0), repo)
+    wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="beta"), at(1), repo)
+    request = wm.Event.gui_update("10.0.0.1", "progress")
+    read_now = wm.plan(request, at(2), repo)
+    read_later = wm.plan(request, at(2), repo)
+    text, data, notes = read_now.explain(), read_now.to_dict(), read_now.notes
+    assert "could not be told apart" in text
+    wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="gamma"), at(3), repo)
+    wm.apply_event(wm.Event.gui_update("10.0.0.1", "finished"), at(4), repo)
+    assert read_later.explain() == text
+    assert read_later.to_dict() == data
+    assert read_later.notes == notes
+    assert read_later == read_now
+    assert read_later.decision.reports == read_now.decision.reports
+
+
 def test_every_event_kind_goes_through_the_same_chain_by_default() -> None:
     repo = new_repo()
     wm.apply_event(wm.Event.heartbeat("10.0.0.1", hostname="box"), at(0), repo)
@@ -470,6 +489,81 @@ def test_recent_running_workers_agrees_with_a_scan_of_every_row() -> None:
     def undone() -> None:
         repo.write([wm.UpdateWorker(worker=row(f"w{i}")) for i in range(0, 300, 3)])
         repo.write([wm.InsertWorker(worker=row(f"x{i}")) for i in range(20)])
+        raise RuntimeError("undo")
+
+    with unchanged(repo), pytest.raises(RuntimeError):
+        repo.atomically(undone)
+    check()
+
+
+def test_the_address_and_hostname_indexes_agree_with_a_scan_of_every_row() -> None:
+    # A write leaves the index entries that do not change in place (most writes move only
+    # last_seen): check the queries served from them against the definition, through updates
+    # that change the address, the hostname, the status or nothing indexed, and undone units.
+    rng = random.Random(3)
+    repo = new_repo()
+    ips = ["10.0.0.1", "10.0.0.2", "2001:db8::1"]
+    hosts = [None, "alpha", "beta"]
+
+    def row(wid: str) -> wm.Worker:
+        return a_worker(
+            wid,
+            ip=rng.choice(ips),
+            hostname=rng.choice(hosts),
+            last_seen=at(-rng.choice([0, 30, 400])),
+            status=rng.choice([S.RUNNING, S.IDLE]),
+            stale=rng.random() < 0.1,
+        )
+
+    def check() -> None:
+        rows = repo.all_workers()
+        since, before = at(-300), at(-300)
+        for ip in ips:
+            live = sorted(w.id for w in repo.live_workers_by_ip(ip, since))
+            assert live == sorted(
+                w.id
+                for w in rows
+                if w.ip == ip and not w.stale and w.merged_into is None and w.last_seen >= since
+            )
+            for host in hosts:
+                stale = sorted(w.id for w in repo.stale_running_workers(ip, host, before))
+                assert stale == sorted(
+                    w.id
+                    for w in rows
+                    if (w.ip == ip or (host is not None and w.hostname == host))
+                    and w.merged_into is None
+                    and w.status is S.RUNNING
+                    and (w.stale or w.last_seen < before)
+                )
+        for host in hosts[1:]:
+            assert host is not None
+            named = sorted(w.id for w in repo.live_workers_by_hostname(host, since))
+            assert named == sorted(
+                w.id
+                for w in rows
+                if w.hostname == host
+                and not w.stale
+                and w.merged_into is None
+                and w.last_seen >= since
+            )
+
+    repo.write([wm.InsertWorker(worker=row(f"w{i}")) for i in range(60)])
+    check()
+    for _ in range(10):
+        updates = {f"w{rng.randrange(60)}" for _ in range(20)}
+        repo.write(
+            [
+                wm.UpdateWorker(worker=attrs.evolve(old, last_seen=at(-rng.choice([0, 400]))))
+                if rng.random() < 0.5 and (old := repo.get_worker(wid)) is not None
+                else wm.UpdateWorker(worker=row(wid))
+                for wid in sorted(updates)
+            ]
+        )
+        check()
+
+    def undone() -> None:
+        repo.write([wm.UpdateWorker(worker=row(f"w{i}")) for i in range(0, 60, 2)])
+        repo.write([wm.InsertWorker(worker=row(f"x{i}")) for i in range(10)])
         raise RuntimeError("undo")
 
     with unchanged(repo), pytest.raises(RuntimeError):

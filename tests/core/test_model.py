@@ -9,9 +9,13 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import workermatch as wm
 from _times import NOW
+from workermatch._model import evolve_valid
+from workermatch.testing import assignments, workers
 
 # Everything a repr may name: the public names and the datetime module.
 NAMESPACE: dict[str, Any] = {name: getattr(wm, name) for name in wm.__all__}
@@ -236,6 +240,54 @@ def test_values_compare_and_hash_by_content() -> None:
     assert a == b
     assert hash(a) == hash(b)
     assert len({wm.DEFAULT_POLICY, wm.DEFAULT_POLICY.evolve()}) == 1
+
+
+_LATER = st.integers(0, 10**9).map(lambda ms: NOW + timedelta(milliseconds=ms))
+
+
+@given(
+    worker=workers(),
+    changes=st.fixed_dictionaries(
+        {},
+        optional={
+            "ip": st.sampled_from(["10.0.0.9", "2001:db8::9"]),
+            "hostname": st.sampled_from([None, "box", "other"]),
+            "last_seen": _LATER,
+            "hostname_seen": st.none() | _LATER,
+            "status": st.sampled_from(list(wm.WorkerStatus)),
+            "stale": st.booleans(),
+            "assignment_id": st.sampled_from([None, "A1"]),
+            "ended_at": st.none() | _LATER,
+            "merged_into": st.sampled_from([None, "w0"]),
+            "contested": st.sampled_from([(), ("w1", "w2")]),
+        },
+    ),
+)
+def test_a_valid_worker_copied_with_valid_changes_is_what_the_constructor_makes(
+    worker: wm.Worker, changes: dict[str, Any]
+) -> None:
+    # Decisions copy the workers they write without validating again what is valid already.
+    copy = evolve_valid(worker, **changes)
+    assert copy == attrs.evolve(worker, **changes)
+    assert repr(copy) == repr(attrs.evolve(worker, **changes))
+
+
+@given(
+    assignment=assignments(worker_ids=["w1", "w2"]),
+    changes=st.fixed_dictionaries(
+        {},
+        optional={
+            "status": st.sampled_from(list(wm.AssignmentStatus)),
+            "worker_id": st.sampled_from([None, "w3"]),
+            "started_at": st.none() | _LATER,
+            "ended_at": st.none() | _LATER,
+        },
+    ),
+)
+def test_a_valid_assignment_copied_with_valid_changes_is_what_the_constructor_makes(
+    assignment: wm.Assignment, changes: dict[str, Any]
+) -> None:
+    assert evolve_valid(assignment, **changes) == attrs.evolve(assignment, **changes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -358,10 +358,10 @@ def test_work_moved_off_a_contested_worker_carries_its_doubt() -> None:
     assert done.alert is wm.Alert.END_HELD
 
 
-def test_a_finished_that_names_its_assignment_ends_that_one_alone() -> None:
+def test_a_finished_that_names_work_from_another_session_ends_that_one_alone() -> None:
     """Clones share a hostname: the stale work of one follows the other when it identifies
-    itself.  The second clone's `finished` names its own assignment: that one ends, and the
-    work that came from its twin stays RUNNING (its own machine's end may still come)."""
+    itself.  When the first clone's `finished` names its own assignment, now on its twin's
+    worker, that assignment alone ends: the twin's session on that worker goes on."""
     repo = new_repo()
     apply(repo, 0, wm.Event.claim("10.0.0.1", "A1"))
     apply(repo, 10, wm.Event.heartbeat("10.0.0.1", hostname=HOST))
@@ -369,12 +369,16 @@ def test_a_finished_that_names_its_assignment_ends_that_one_alone() -> None:
     apply(repo, later, wm.Event.claim("10.0.0.2", "A2"))
     took = apply(repo, later + 10, wm.Event.heartbeat("10.0.0.2", hostname=HOST))
     assert took.transferred == ("A1",)
-    done = apply(repo, later + 100, wm.Event.gui_update("10.0.0.2", "finished", assignment_id="A2"))
-    assert done.ended == ("A2",)
-    assert "left A1 RUNNING" in done.explain()
-    a1 = repo.get_assignment("A1")
-    assert a1 is not None
-    assert (a1.status, a1.worker_id) == (wm.AssignmentStatus.RUNNING, done.worker.id)
-    worker = repo.get_worker(done.worker.id)
+    twin = took.worker.id
+    done = apply(repo, later + 100, wm.Event.gui_update("10.0.0.1", "finished", assignment_id="A1"))
+    assert (done.worker.id, done.ended) == (twin, ("A1",))
+    assert "ended A1 alone" in done.explain()
+    a2 = repo.get_assignment("A2")
+    assert a2 is not None
+    assert (a2.status, a2.worker_id) == (wm.AssignmentStatus.RUNNING, twin)
+    worker = repo.get_worker(twin)
     assert worker is not None
-    assert (worker.ended_at, worker.assignment_id) == (None, "A1")
+    assert (worker.ended_at, worker.assignment_id) == (None, "A2")
+    # The twin's own end still ends its own work.
+    own = apply(repo, later + 110, wm.Event.gui_update("10.0.0.2", "finished", assignment_id="A2"))
+    assert (own.worker.id, own.ended) == (twin, ("A2",))

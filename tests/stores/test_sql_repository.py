@@ -428,3 +428,39 @@ def test_sqlite_transfer_query_uses_the_ip_and_hostname_indexes(tmp_path: Any) -
             assert f"SEARCH {workers} USING INDEX {host_idx} (hostname=?)" in plan, plan
             assert f"SCAN {workers}" not in plan, plan
     repo.close()
+
+
+@pytest.mark.parametrize("store_id", ["postgresql", "mysql"])
+def test_server_processes_that_start_together_create_the_schema_once(store_id: str) -> None:
+    """Several server processes starting at once all call ``create_schema()``: each one waits
+    for the others instead of failing on what they just created."""
+    import threading
+
+    from _stores import process_prefix, skip_without_server
+
+    url = skip_without_server(store_id)
+    mapping = DEFAULT_MAPPING.with_table_prefix(process_prefix() + "cs_")
+    repos = [SQLWorkerRepository.from_url(url, mapping=mapping) for _ in range(4)]
+    repos[0].drop_schema()
+    start = threading.Barrier(len(repos))
+    failures: list[BaseException] = []
+
+    def create(repo: SQLWorkerRepository) -> None:
+        start.wait()
+        try:
+            repo.create_schema()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=create, args=(r,)) for r in repos]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        repos[0].check_schema()
+    finally:
+        repos[0].drop_schema()
+        for r in repos:
+            r.close()

@@ -89,6 +89,36 @@ def test_replay_reads_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.count("\n") == 3
 
 
+def test_replay_of_standard_input_on_a_database_prints_what_memory_prints(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A database replay checks the whole trace before it writes anything: standard input is
+    # read twice for that.
+    pytest.importorskip("sqlalchemy")
+    data = STORY.read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    memory = run("replay", "-", "--jsonl")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert run("replay", "-", "--jsonl", "--db", f"sqlite:///{tmp_path / 'stdin.db'}") == memory
+    assert memory == run("replay", str(STORY), "--jsonl")
+
+
+def test_a_bad_last_line_of_a_long_trace_prints_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The output of the lines applied before the bad one is more than is held in memory: it
+    # waits on disk, and is dropped with the rest.
+    in_memory = run("replay", str(STORY), "--explain")
+    monkeypatch.setattr("workermatch._cli._SPOOL_BYTES", 1024)
+    assert len(in_memory[1]) > 10 * 1024
+    assert run("replay", str(STORY), "--explain") == in_memory
+    lines = STORY.read_text(encoding="utf-8").splitlines()
+    path = write(tmp_path, *lines, *lines[-1:], "{")
+    status, out = run("replay", path, "--explain")
+    assert (status, out) == (2, "")
+    assert f"line {len(lines) + 2}: not valid JSON" in one_error_line(capsys)
+
+
 def test_replay_prints_the_corpus_expected_output() -> None:
     expected = (
         Path(__file__).resolve().parents[1] / "corpus_expected" / "note-three-workers.legacy.jsonl"

@@ -151,13 +151,14 @@ def score(
             assert record.assignment is not None
             assignment_of[session] = record.assignment
             session_of_assignment.setdefault(record.assignment, session)
+        at = record.at
         if record.message in ("finished", "fatal_error"):
-            asked.setdefault(record.at, []).append(session)
+            asked.setdefault(at, []).append(session)
         event = events[i] if events is not None else None
         if event is None:
             event = record.to_event(wid)
         try:
-            outcome = apply_event(event, record.at, repo, policy, create_assignments=True)
+            outcome = apply_event(event, at, repo, policy, create_assignments=True)
         except (ClaimRefused, AmbiguousMatch):
             refused += 1
             continue
@@ -267,7 +268,19 @@ class Result:
 def _score_fleet(scenario: Scenario, fleet_seed: int, policies: Sequence[Policy]) -> list[Score]:
     """Generate one fleet of ``scenario`` and score it under each policy."""
     records = generate(scenario.params, fleet_seed)
-    events = [None if r.hint == "worker_id" else r.to_event() for r in records]
+    # A fleet sends the same request many times over (a progress update from one address):
+    # its events are made once (they are immutable), and shared by every policy.
+    made: dict[tuple[object, ...], Event] = {}
+    events: list[Event | None] = []
+    for r in records:
+        if r.hint == "worker_id":
+            events.append(None)
+            continue
+        key = (r.kind, r.ip, r.hostname, r.assignment, r.message)
+        event = made.get(key)
+        if event is None:
+            event = made[key] = r.to_event()
+        events.append(event)
     return [score(records, policy, events=events) for policy in policies]
 
 
@@ -434,6 +447,14 @@ def _params_from_args(base: FleetParams, args: argparse.Namespace) -> FleetParam
     return base.evolve(**changes) if changes else base
 
 
+def _cpus() -> int:
+    """How many CPUs this process may run on (all of the machine's where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``workermatch simulate`` to ``parser``."""
     parser.add_argument(
@@ -466,10 +487,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
+        default=_cpus(),
         metavar="N",
-        help="score N fleets at once, one process each (default: the number of CPUs); the "
-        "figures do not depend on it",
+        help="score N fleets at once, one process each (default: the number of CPUs this "
+        "process may run on, %(default)s here); the figures do not depend on it",
     )
     parser.add_argument("--traces", type=Path, metavar="DIR", help="keep the generated traces")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")

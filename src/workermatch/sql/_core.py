@@ -47,6 +47,8 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT = 30.0
 
 BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
+# The key of the advisory lock that serialises create_schema on PostgreSQL ("wmschema").
+_SCHEMA_LOCK = 0x776D736368656D61
 
 # What a driver error means (see Core.fault).
 CONFLICT = "conflict"  # rolled back by the database; running the unit again is safe
@@ -470,6 +472,25 @@ class Core:
     # -- the schema (each on a connection inside a transaction) -----------------------------------
 
     def create_schema(self, conn: Connection) -> None:
+        # Server processes that start together all create the schema: one at a time, so that
+        # none fails on a catalogue row another one just wrote (PostgreSQL's DDL is
+        # transactional, and the lock ends with the transaction; MariaDB's is not, so its named
+        # lock is released here).
+        if self.backend == "postgresql":
+            # Read committed, so that what the process before us created is seen once the lock
+            # is ours (a serializable snapshot would date from before the wait).
+            conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        elif self.backend in ("mysql", "mariadb"):
+            conn.execute(sa.text("SELECT GET_LOCK('workermatch_schema', 60)"))
+            try:
+                self._create_schema(conn)
+            finally:
+                conn.execute(sa.text("SELECT RELEASE_LOCK('workermatch_schema')"))
+            return
+        self._create_schema(conn)
+
+    def _create_schema(self, conn: Connection) -> None:
         insp = sa.inspect(conn)
         if self.mapping.owns_tables:
             self.t.metadata.create_all(conn, checkfirst=True)
