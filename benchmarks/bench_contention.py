@@ -9,7 +9,7 @@ Run by hand from the repository root, one database at a time::
 Options: ``--machines`` (default 1000), ``--processes`` (default 16), ``--lag`` (how many
 machines later in the stream a machine's GUI starts after its claim, default 8).
 
-What the fleet sends is the real client's start-up (see :mod:`workermatch.lab._client`): each
+What the fleet sends is the real client's start-up (see :mod:`workermatch.lab`): each
 machine claims its assignment from an address of the VPN's pool (``10.8.0.0/16``), without
 hostname, and a moment later its GUI sends two heartbeats at the same instant from another
 address (``10.9.0.0/16``), with its hostname.  The machines start one after another as fast as

@@ -6,7 +6,7 @@ pass to the library, and the receive time it notes for each request) reads that 
 ``"store"`` mode the library is called with ``now=None`` and decides at the database's clock;
 in ``"own"`` mode (the control) each process passes its own clock's time.
 
-The fleet is the real client's (:func:`workermatch.lab._client.session_requests`): machines
+The fleet is the real client's (:func:`workermatch.lab.session_requests`): machines
 start one after another, each claims its assignment from one address without hostname, and
 its GUI, from another address, first sends a progress update without hostname (a VPN client's
 first request from a new address), then its two start-up heartbeats with the hostname, one
@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 import workermatch as wm
-from workermatch.lab._client import every, session_requests
+from workermatch.lab import every, session_requests
 
 # (sequence, at (scaled seconds), machine, index within the machine, request)
 Job = tuple[int, float, int, int, Any]
