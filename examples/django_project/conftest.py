@@ -11,10 +11,7 @@ such a skip is a failure, as in ``tests/``.
 
 from __future__ import annotations
 
-import os
-
 import django
-import pytest
 from django.conf import settings
 from project import settings as project_settings
 
@@ -22,24 +19,3 @@ if not settings.configured:
     names = [name for name in dir(project_settings) if name.isupper()]
     settings.configure(**{name: getattr(project_settings, name) for name in names})
     django.setup()
-
-
-SERVER_SKIP_MARKER = "needs a database server"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """As in ``tests/conftest.py``: with ``WORKERMATCH_REQUIRE_SERVERS=1`` (CI), a test skipped
-    for a missing database server fails instead."""
-    outcome = yield
-    report = outcome.get_result()
-    if (
-        os.environ.get("WORKERMATCH_REQUIRE_SERVERS") == "1"
-        and report.skipped
-        and SERVER_SKIP_MARKER in str(report.longrepr)
-    ):
-        report.outcome = "failed"
-        report.longrepr = (
-            f"{item.nodeid}: skipped for a missing server, but WORKERMATCH_REQUIRE_SERVERS=1 "
-            f"forbids that: {report.longrepr}"
-        )

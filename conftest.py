@@ -1,6 +1,7 @@
-"""As in ``tests/conftest.py``: with ``WORKERMATCH_REQUIRE_SERVERS=1`` (CI), a test here that
-skipped for a missing database server (a reason containing "needs a database server") fails
-instead."""
+"""Shared by every test folder (``tests/`` and the examples' own tests): with
+``WORKERMATCH_REQUIRE_SERVERS=1`` (CI), a test that skipped for a missing database server (a
+reason containing "needs a database server") fails instead, so CI always tests the real
+databases."""
 
 from __future__ import annotations
 
