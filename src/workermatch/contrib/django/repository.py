@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
+import attrs
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db import Error as DjangoDatabaseError
 from django.db import InterfaceError as DjangoInterfaceError
@@ -62,22 +63,9 @@ _PERMANENT = "permanent"  # fails the same way until someone changes something
 # SQLite's primary result codes for "busy" and "locked" (a shared-cache table lock).
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
-_W_FIELDS = (
-    "id",
-    "ip",
-    "hostname",
-    "created_at",
-    "last_seen",
-    "status",
-    "stale",
-    "assignment_id",
-    "ended_at",
-    "merged_into",
-    "hostname_seen",
-    "contested",
-    "held_end",
-)
-_A_FIELDS = ("id", "status", "worker_id", "started_at", "ended_at")
+# The columns read back, in the order of the model's fields (the rows are built from them).
+_W_FIELDS = tuple(f.name for f in attrs.fields(Worker))
+_A_FIELDS = tuple(f.name for f in attrs.fields(Assignment))
 _RUNNING_W = WorkerStatus.RUNNING.value
 _RUNNING_A = AssignmentStatus.RUNNING.value
 
