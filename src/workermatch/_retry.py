@@ -92,3 +92,13 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 """30 runs at most, no new run more than 30 s after the first, pauses of up to 5 ms, 10 ms,
 20 ms, ... capped at 0.5 s."""
+
+
+def check_retry(retry: object) -> None:
+    """Refuse a retry policy of the wrong type (every repository that retries)."""
+    if not isinstance(retry, RetryPolicy):
+        raise InvalidInput(
+            f"retry must be a RetryPolicy, not {type(retry).__name__}",
+            field="retry",
+            value=retry,
+        )

@@ -39,7 +39,7 @@ from .._errors import InvalidInput, StorageError
 from .._model import Assignment, Worker, check_id
 from .._observe import applying, retried
 from .._protocol import Write
-from .._retry import DEFAULT_RETRY, RetryPolicy
+from .._retry import DEFAULT_RETRY, RetryPolicy, check_retry
 from ._core import (
     BACKENDS,
     RUNNING_LOCK,
@@ -94,12 +94,7 @@ def check_settings(mapping: object, retry: object) -> None:
             field="mapping",
             value=mapping,
         )
-    if not isinstance(retry, RetryPolicy):
-        raise InvalidInput(
-            f"retry must be a RetryPolicy, not {type(retry).__name__}",
-            field="retry",
-            value=retry,
-        )
+    check_retry(retry)
 
 
 def check_backend(dialect: sa.Dialect, value: object, field: str) -> None:

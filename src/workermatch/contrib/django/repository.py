@@ -46,7 +46,7 @@ from ..._errors import InvalidInput, StorageError, TransientStorageError
 from ..._model import Assignment, AssignmentStatus, Worker, WorkerStatus, check_id
 from ..._observe import gave_up, retried
 from ..._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
-from ..._retry import DEFAULT_RETRY, PG_CONFLICT, PG_TRANSIENT, RetryPolicy
+from ..._retry import DEFAULT_RETRY, PG_CONFLICT, PG_TRANSIENT, RetryPolicy, check_retry
 from . import models
 
 __all__ = ["DjangoWorkerRepository"]
@@ -136,12 +136,7 @@ class DjangoWorkerRepository:
                 field="using",
                 value=using,
             )
-        if not isinstance(retry, RetryPolicy):
-            raise InvalidInput(
-                f"retry must be a RetryPolicy, not {type(retry).__name__}",
-                field="retry",
-                value=retry,
-            )
+        check_retry(retry)
         self.using = using
         self.retry = retry
         self._id_factory = id_factory or _uuid_ids
