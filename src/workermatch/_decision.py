@@ -172,7 +172,9 @@ class Criterion(str, enum.Enum):
     """A candidate whose session runs on ranks above one whose session ended (or whose end is
     held for want of evidence while its machine's heartbeats stopped)."""
     HOSTNAME_AGREES = "hostname_agrees"
-    """A candidate whose hostname equals the request's ranks above one whose hostname is unknown."""
+    """A candidate whose hostname equals the request's ranks above a claim worker known by that
+    hostname (its claim came right after a session of that hostname ended), which ranks above
+    one whose hostname is unknown."""
     HEARTBEATS = "heartbeats"
     """A candidate whose machine's heartbeats (requests carrying its hostname) still arrive
     ranks above one whose heartbeats stopped more than two quiet periods ago."""
@@ -283,6 +285,9 @@ class _Ctx:
     now: datetime
     policy: Policy
     claiming: str | None
+    successors: frozenset[str] = frozenset()
+    """Claim workers without hostname that the request's hostname is known by: each was made
+    by a claim that came right after a session of that hostname ended (batch mode)."""
 
     @property
     def rules(self) -> Rules:
@@ -389,7 +394,51 @@ def _hinted(ctx: _Ctx, worker: Worker, detail: str) -> Ask[_Found]:
 
 def _find_exact_ip(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     found = yield from _by_ip(ctx.identity.ip, ctx.live_since)
-    return _Found(found, [], f"live workers with ip {ctx.identity.ip}")  # the hot row
+    detail = f"live workers with ip {ctx.identity.ip}"
+    host = ctx.identity.hostname
+    if (
+        host is None
+        or not found
+        or ctx.claiming is not None
+        or Criterion.HOSTNAME_AGREES not in ctx.rules.ranking
+        or any(w.hostname == host for w in found)
+    ):
+        return _Found(found, [], detail)  # the hot row
+    # A heartbeat whose machine's claim waits elsewhere: addresses are handed on (a VPN pool),
+    # and the claim worker that came right after its last session ended is known by its name.
+    orphans = [
+        w
+        for w in (yield from _recent_running(ctx.now - ctx.policy.orphan_window, ctx.live_since))
+        if w.hostname is None and w.merged_into is None and w.held_end is None
+    ]
+    ctx.successors = yield from _successors(ctx, host, orphans)
+    if len(ctx.successors) == 1 and all(w.id not in ctx.successors for w in found):
+        heir = next(w for w in orphans if w.id in ctx.successors)
+        found = [*found, heir]
+        detail += (
+            f", and {heir.id}, the claim made right after hostname {host}'s last session ended"
+        )
+    return _Found(found, [], detail)
+
+
+def _successors(ctx: _Ctx, host: str, workers: list[Worker]) -> Ask[frozenset[str]]:
+    """The claim workers among ``workers`` that hostname ``host`` is known by: made without
+    hostname by a claim that came within ``ended_grace`` after a session of ``host`` ended
+    (a batch client claims its next assignment right after its session's end).  None when the
+    hostname is shared (clones: another machine's end proves nothing)."""
+    policy, now = ctx.policy, ctx.now
+    follow = policy.ended_grace or policy.quiet_period
+    named = yield from _by_hostname(host, now - policy.orphan_window - follow)
+    ends = [w.ended_at for w in named if w.ended_at is not None]
+    if not ends or len(ends) + 1 < len(named):
+        return frozenset()
+    return frozenset(
+        w.id
+        for w in workers
+        if w.hostname is None
+        and w.ended_at is None
+        and any(w.created_at - follow <= t <= w.created_at for t in ends)
+    )
 
 
 def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
@@ -437,19 +486,26 @@ def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
             ]
             return _Found(workers=[], rejected=rejected, detail=detail)
         # A heartbeat from a new address: its own machine's live stream, when exactly one live
-        # running worker of an unended session has its hostname and was fed lately, competes
-        # with the orphans (and its hostname agrees).  Two such workers (clones) prove nothing.
-        fed_since = max(ctx.live_since, now - policy.quiet_period)
+        # running worker of an unended session has its hostname and its machine's heartbeat is
+        # due now (fed lately, or silent for whole heartbeat periods: a blip), competes with the
+        # orphans (and its hostname agrees).  Two such workers (clones) prove nothing.
         own = [
             w
-            for w in (yield from _by_hostname(host, fed_since))
-            if w.ended_at is None and w.status is WorkerStatus.RUNNING
+            for w in (yield from _by_hostname(host, ctx.live_since))
+            if w.ended_at is None
+            and w.status is WorkerStatus.RUNNING
+            and (
+                w.last_seen >= now - policy.quiet_period
+                or (w.held_end is None and _heartbeat_due(w, now, policy.quiet_period))
+            )
         ]
         eligible = [w for w in found if _ineligible(w, ctx) is None]
         if (
             len(own) == 1
             and eligible
             and all(w.id != own[0].id for w in found)
+            # its end is held and a claim came right after it: the machine's next session
+            and not (own[0].held_end is not None and ctx.successors)
             # its machine's next heartbeat is due: one sooner comes from another machine
             and (
                 own[0].hostname_seen is None
@@ -458,9 +514,16 @@ def _find_recent_orphan(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
         ):
             found.append(own[0])
             rejected = [c for c in rejected if c.worker_id != own[0].id]
+            fed = own[0].last_seen >= now - policy.quiet_period
             detail += (
-                f", and {own[0].id}, the one live worker of hostname {host}, fed within "
-                f"{_span(policy.quiet_period)}: its machine may have changed address"
+                f", and {own[0].id}, the one live worker of hostname {host}, "
+                + (
+                    f"fed within {_span(policy.quiet_period)}"
+                    if fed
+                    else f"whose heartbeat was due now after {_age(now, own[0].last_seen)} of "
+                    "silence"
+                )
+                + ": its machine may have changed address"
             )
         return _Found(workers=found, rejected=rejected, detail=detail)
     # A request without hostname: while another machine's stream (a worker with a hostname and
@@ -877,6 +940,16 @@ def _heartbeats_stopped(w: Worker, ctx: _Ctx) -> bool:
 _HEARTBEAT_SLACK = timedelta(seconds=5)
 
 
+def _heartbeat_due(w: Worker, now: datetime, period: timedelta) -> bool:
+    """Whether ``w``'s machine's heartbeat is due at ``now``: a whole number of heartbeat
+    periods (at least one) after its last, within the slack.  A machine silenced by a network
+    blip keeps its heartbeat timer; another machine's heartbeats have their own phase."""
+    if w.hostname_seen is None or now - w.hostname_seen < period - _HEARTBEAT_SLACK:
+        return False
+    off = (now - w.hostname_seen) % period
+    return off <= _HEARTBEAT_SLACK or period - off <= _HEARTBEAT_SLACK
+
+
 def _may_have_ended(w: Worker, ctx: _Ctx) -> bool:
     """Whether ``w``'s end is held and its machine's heartbeats did not go on across it: its
     last heartbeat came before the end was asked, and the next one is overdue."""
@@ -898,7 +971,9 @@ def _key_part(criterion: Criterion, w: Worker, ctx: _Ctx) -> Any:
         return 0 if w.ended_at is None and not _may_have_ended(w, ctx) else 1
     if criterion is Criterion.HOSTNAME_AGREES:
         host = ctx.identity.hostname
-        return 0 if host is not None and w.hostname == host else 1
+        if host is not None and w.hostname == host:
+            return 0
+        return 1 if w.id in ctx.successors else 2
     if criterion is Criterion.HEARTBEATS:
         return 1 if _heartbeats_stopped(w, ctx) else 0
     if criterion is Criterion.HOLDS_RUNNING:
@@ -1945,6 +2020,16 @@ def _transfer(
         and not (veto and host is not None and w.hostname is not None and w.hostname != host)
     ]
     if ctx.guarded(Guard.EVIDENCE):
+        # A claim never heard from again: its machine's other requests went to another worker
+        # (the client's GUI reached the server from another address), not silent at this one.
+        lone = [w for w in stale if w.hostname is None and w.last_seen == w.created_at]
+        if lone:
+            notes.append(
+                f"left the RUNNING work of stale {', '.join(sorted(w.id for w in lone))} where "
+                "it is: a claim never heard from again, whose machine is not known to be this "
+                "one"
+            )
+            stale = [w for w in stale if w not in lone]
         by_address = [w for w in stale if host is None or w.hostname != host]
         if len(by_address) > 1:
             notes.append(
@@ -2026,15 +2111,29 @@ def _reconcile(
         return None
     if before.ended_at is not None or before.merged_into is not None or before.held_end:
         return None
-    named = [
+    same_name = [
         w
         for w in (yield from _by_hostname(hostname, ctx.live_since))
         if w.id != before.id
         and w.merged_into is None
         and w.ended_at is None
-        and w.held_end is None
         and w.created_at < before.created_at
     ]
+    named = [w for w in same_name if w.held_end is None]
+    if any(
+        w.held_end is not None
+        and w.last_seen <= before.created_at
+        and _heartbeat_due(w, now, policy.quiet_period)
+        for w in same_name
+    ):
+        # The machine's worker may have sent its end (held), or may be running on after a
+        # blip: neither it nor a claim waiting for its GUI can be told to be the duplicate's.
+        held = min(w.id for w in same_name if w.held_end is not None)  # FIXME due one
+        notes.append(
+            f"not merged: {held} has hostname {hostname} and a held session end: the machine "
+            "may be back from a silence or starting a new session"
+        )
+        return None
     found = [
         w
         for w in named

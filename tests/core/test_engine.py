@@ -67,6 +67,7 @@ def test_each_row_is_written_once_in_its_final_state_new_rows_first() -> None:
     # already holding it, then the stale worker and the assignment are updated, once each.
     repo = new_repo()
     wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo, create_assignments=True)
+    wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(5), repo)
     out = wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(400), repo)
     assert (out.worker.id, out.transferred) == ("w2", ("A1",))
     assert out.writes == (
@@ -79,7 +80,7 @@ def test_each_row_is_written_once_in_its_final_state_new_rows_first() -> None:
             worker=a_worker(
                 "w1",
                 created_at=at(0),
-                last_seen=at(0),
+                last_seen=at(5),
                 status=S.IDLE,
                 stale=True,
                 assignment_id="A1",

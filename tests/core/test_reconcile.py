@@ -382,3 +382,75 @@ def test_a_finished_that_names_work_from_another_session_ends_that_one_alone() -
     # The twin's own end still ends its own work.
     own = apply(repo, later + 110, wm.Event.gui_update("10.0.0.2", "finished", assignment_id="A2"))
     assert (own.worker.id, own.ended) == (twin, ("A2",))
+
+
+# ------------------------------------------------------------------------------------------
+# Blips on a VPN: the address changes after a silence, and other machines' claims wait for
+# their GUIs in the meantime.
+
+OTHER_IP = "157.193.240.7"
+OTHER_CLI = "157.193.240.8"
+
+
+def test_after_a_blip_a_heartbeat_rejoins_its_own_worker_not_another_machines_claim() -> None:
+    # The machine's heartbeats stop for 150 s (five heartbeat periods) and come back, on time,
+    # from a new address; meanwhile another machine claimed from elsewhere and its GUI has not
+    # started yet.  The heartbeat continues its own stream: it does not adopt that claim.
+    repo = new_repo()
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    for t in range(10, 371, 30):
+        apply(repo, t, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    other = apply(repo, 470, wm.Event.claim(OTHER_CLI, "B1"))
+    back = apply(repo, 520, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert back.worker.id == "w1"
+    assert back.worker.ip == NEW_IP
+    assert "whose heartbeat was due now after" in back.explain()
+    assert repo.get_assignment("B1").worker_id == other.worker.id  # type: ignore[union-attr]
+    done = apply(repo, 560, wm.Event.gui_update(NEW_IP, "finished"))
+    assert done.ended == ("A1",)
+
+
+def test_a_heartbeat_off_its_machines_beat_does_not_take_a_silent_stream() -> None:
+    # The same silence, but the heartbeat comes off the stream's beat: another machine with the
+    # same name could send it; the claim and the silent stream are weighed as before.
+    repo = new_repo()
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    for t in range(10, 371, 30):
+        apply(repo, t, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    apply(repo, 470, wm.Event.claim(OTHER_CLI, "B1"))
+    out = apply(repo, 532, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert "whose heartbeat was due now" not in out.explain()
+
+
+def test_a_batch_machines_heartbeat_finds_its_next_claim_by_its_last_sessions_end() -> None:
+    # Two batch machines on a VPN: each ends a session and claims the next one seconds later
+    # from a new address.  The second machine's claim got the address the first machine's GUI
+    # comes back on; the first machine's heartbeat joins its own claim (made right after its
+    # session ended), not the claim that happens to sit at its address.
+    repo = new_repo()
+    apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    apply(repo, 10, wm.Event.heartbeat(OLD_IP, hostname=HOST))
+    apply(repo, 1, wm.Event.claim(OTHER_IP, "B1"))
+    apply(repo, 11, wm.Event.heartbeat(OTHER_IP, hostname="PC-OTHER"))
+    assert apply(repo, 300, wm.Event.gui_update(OLD_IP, "finished")).ended == ("A1",)
+    mine = apply(repo, 305, wm.Event.claim("157.193.240.30", "A2"))
+    assert apply(repo, 310, wm.Event.gui_update(OTHER_IP, "finished")).ended == ("B1",)
+    theirs = apply(repo, 314, wm.Event.claim(NEW_IP, "B2"))
+    gui = apply(repo, 370, wm.Event.heartbeat(NEW_IP, hostname=HOST))
+    assert gui.worker.id == mine.worker.id != theirs.worker.id
+    assert "the claim made right after hostname" in gui.explain()
+    other = apply(repo, 375, wm.Event.heartbeat("157.193.240.31", hostname="PC-OTHER"))
+    assert other.worker.id == theirs.worker.id
+
+
+def test_a_claim_never_heard_from_again_keeps_its_work_from_a_newcomer_at_its_address() -> None:
+    # A claim whose GUI went to another address, then silence past stale_after: a request from
+    # the claim's address (handed on to another machine) makes a worker that does not take the
+    # claim's work: nothing says it is the claim's machine.
+    repo = new_repo()
+    claim = apply(repo, 0, wm.Event.claim(OLD_IP, "A1"))
+    out = apply(repo, 400, wm.Event.gui_update(OLD_IP, "overall_progress"))
+    assert out.created
+    assert out.transferred == ()
+    assert "a claim never heard from again" in out.explain()
+    assert repo.get_assignment("A1").worker_id == claim.worker.id  # type: ignore[union-attr]

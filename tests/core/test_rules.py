@@ -197,6 +197,7 @@ class TestWorkerIdHint:
         repo = new_repo()
         add_assignment(repo, "A1")
         wm.apply_event(wm.Event.claim("10.0.0.1", "A1"), at(0), repo)
+        wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(5), repo)
         taker = wm.apply_event(wm.Event.gui_update("10.0.0.1", "progress"), at(400), repo)
         assert (taker.worker.id, taker.transferred) == ("n2", ("A1",))
         out = wm.apply_event(
