@@ -2120,15 +2120,17 @@ def _reconcile(
         and w.created_at < before.created_at
     ]
     named = [w for w in same_name if w.held_end is None]
-    if any(
-        w.held_end is not None
+    back = [
+        w
+        for w in same_name
+        if w.held_end is not None
         and w.last_seen <= before.created_at
         and _heartbeat_due(w, now, policy.quiet_period)
-        for w in same_name
-    ):
+    ]
+    if back:
         # The machine's worker may have sent its end (held), or may be running on after a
         # blip: neither it nor a claim waiting for its GUI can be told to be the duplicate's.
-        held = min(w.id for w in same_name if w.held_end is not None)  # FIXME due one
+        held = min(w.id for w in back)
         notes.append(
             f"not merged: {held} has hostname {hostname} and a held session end: the machine "
             "may be back from a silence or starting a new session"
