@@ -449,8 +449,12 @@ class AsyncSQLWorkerRepository:
                             await conn.commit()
                         return result
                     except NeedsLock:
-                        with contextlib.suppress(Exception):
-                            await conn.rollback()
+                        # Nothing was written: COMMIT (see _core.end_unwritten).
+                        try:
+                            await conn.commit()
+                        except Exception:
+                            with contextlib.suppress(Exception):
+                                await conn.rollback()
                         assert names is not None
                         assert wanted is not None
                         names = names | wanted | {RUNNING_LOCK}

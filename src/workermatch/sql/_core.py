@@ -872,6 +872,24 @@ class Core:
             k: sa.select(*self._w_cols, *self._a_cols).select_from(joined).where(*v)
             for k, v in wheres.items()
         }
+        if self.backend == "postgresql":
+            # The recent running workers: their RUNNING assignments through a LATERAL subquery
+            # that the planner cannot flatten (OFFSET 0), so that every plan of it, the generic
+            # plan of a prepared statement included, looks each worker's up in the holder
+            # index.  With a plain join, the generic plan (which cannot see how few workers
+            # were created since the parameter) is a hash join over every RUNNING assignment;
+            # a connection whose plan cache once chose it would then scan on every create.
+            running = (
+                sa.select(*self._a_cols)
+                .where(a["worker_id"] == w["id"], a["status"] == a_running)
+                .offset(sa.literal_column("0"))
+                .lateral("running")
+            )
+            self._q_workers_joined["recent"] = (
+                sa.select(*self._w_cols, *running.c)
+                .select_from(t.workers.outerjoin(running, sa.true()))
+                .where(*wheres["recent"])
+            )
         # "Same IP or same hostname" is a UNION of two index lookups, each pinned to its index on
         # SQLite: without statistics its planner otherwise picks the status index and reads every
         # RUNNING worker.
@@ -1088,3 +1106,14 @@ def _autocommit(conn: Connection, dbapi_error: type[Exception]) -> Iterator[None
 def quiet_rollback(conn: Connection) -> None:
     with contextlib.suppress(Exception):
         conn.rollback()
+
+
+def end_unwritten(conn: Connection) -> None:
+    """End a unit that stopped before writing anything (:class:`NeedsLock`): ``COMMIT``, which
+    for a transaction that only read is the same as a rollback, except that psycopg forgets
+    every statement it prepared on the connection after a ``ROLLBACK`` (and deallocates them
+    on the server), and would prepare them all again."""
+    try:
+        conn.commit()
+    except Exception:
+        quiet_rollback(conn)

@@ -50,6 +50,7 @@ from ._core import (
     cause_of,
     configure_engine,
     current_unit,
+    end_unwritten,
     entered,
     is_async_url,
     parse_url,
@@ -498,7 +499,7 @@ class SQLWorkerRepository:
                         # Rule 3 is about to read the recent running workers: run the unit again
                         # from the start (nothing was written yet) holding the request's own
                         # locks and the recent running workers' lock.
-                        quiet_rollback(conn)
+                        end_unwritten(conn)
                         assert names is not None
                         assert wanted is not None
                         names = names | wanted | {RUNNING_LOCK}
