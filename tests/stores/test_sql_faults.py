@@ -40,12 +40,18 @@ def _claimed(repo: wm.WorkerRepository) -> None:
     wm.apply_event(wm.Event.claim(IP, "A1"), T0, repo, create_assignments=True)
 
 
+def _claimed_and_heard(repo: wm.WorkerRepository) -> None:
+    """A claim whose machine was heard from again (a claim never heard from keeps its work)."""
+    _claimed(repo)
+    wm.apply_event(wm.Event.gui_update(IP, "progress"), T0 + timedelta(seconds=5), repo)
+
+
 SCENARIOS: dict[str, tuple[Seed, wm.Event, datetime]] = {
     # InsertAssignment, InsertWorker, UpdateAssignment
     "claim-creates": (_no_seed, wm.Event.claim(IP, "A1"), T0 + timedelta(seconds=1)),
     # InsertWorker, UpdateWorker (flag the stale one), UpdateAssignment (transfer)
     "heartbeat-transfers": (
-        _claimed,
+        _claimed_and_heard,
         wm.Event.heartbeat(IP, hostname="box"),
         T0 + timedelta(minutes=10),
     ),
