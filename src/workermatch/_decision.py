@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -1825,6 +1825,22 @@ def _end(
     return ended
 
 
+def _could_have_sent(
+    workers: Collection[Worker], asked: Sequence[datetime], grace: timedelta
+) -> bool:
+    """Whether each of ``workers`` can have sent one of the ends ``asked`` for, each a
+    different one.  A machine sends nothing with its hostname after its end (the GUI stops with
+    the session; ``grace`` allows for a trailing message), so a worker heard from with its
+    hostname after every end still open to it sent none of them, and counting the ends would
+    end its session for another machine's request.  The latest heartbeats are matched with the
+    latest ends."""
+    beats = sorted((w.hostname_seen for w in workers if w.hostname_seen is not None), reverse=True)
+    ends = sorted(asked, reverse=True)
+    return len(beats) <= len(ends) and all(
+        h <= t + grace for h, t in zip(beats, ends, strict=False)
+    )
+
+
 def _hold(
     ctx: _Ctx,
     ids: Sequence[str],
@@ -1863,7 +1879,8 @@ def _hold(
         return (), []  # every candidate's session ended meanwhile: nothing left to end
     names = ", ".join(sorted(members))
     end = HeldEnd(status=status, asked=asked, candidates=tuple(members), count=count, doubt=doubt)
-    if end.count < len(members):
+    grace = ctx.policy.ended_grace or timedelta(0)
+    if end.count < len(members) or not _could_have_sent(members.values(), end.asked, grace):
         for w in members.values():
             out.worker(evolve_valid(w, held_end=end))
         why = (
@@ -1923,7 +1940,7 @@ def _settle(
         out.worker(evolve_valid(out.workers[worker_id], held_end=None))
     why = "it ended on its own" if ending else "its machine was heard from since"
     notes.append(f"{worker_id} did not send the end held among {', '.join(held.candidates)}: {why}")
-    if held.count < len(others):
+    if held.count < len(others) or not _could_have_sent(others, held.asked, grace):
         rest = evolve_valid(held, candidates=tuple(w.id for w in others))
         for w in others:
             out.worker(evolve_valid(w, held_end=rest))

@@ -1363,6 +1363,30 @@ class TestSessionEnd:
         assert out.ended == ("A1", "A2")
         assert {assignment(repo, aid).status for aid in ("A1", "A2")} == {A.COMPLETED}
 
+    def test_counting_never_ends_a_worker_whose_machine_was_heard_from_after_its_end(
+        self,
+    ) -> None:
+        # Three machines behind one address (one hostname unknown) and three ends held among
+        # them.  b's and c's machines were both heard from after the second end: only one of
+        # them can have sent the third, so one sent none, and counting would end its session
+        # for another machine's request.  The ends stay held, listed for an operator.
+        repo = new_repo()
+        ip = "192.0.2.1"
+        seed(repo, "a", ip, created=-900, seen=-2, running="A1")
+        seed(repo, "b", ip, hostname="pc-b", created=-600, seen=-3, running="A2", hostname_seen=-3)
+        seed(repo, "c", ip, hostname="pc-c", created=-500, seen=-4, running="A3", hostname_seen=-4)
+        wm.apply_event(wm.Event.gui_update(ip, "finished"), NOW, repo)
+        wm.apply_event(wm.Event.gui_update(ip, "finished"), at(31), repo)
+        wm.apply_event(wm.Event.heartbeat(ip, hostname="pc-b"), at(42), repo)
+        wm.apply_event(wm.Event.heartbeat(ip, hostname="pc-c"), at(45), repo)
+        out = wm.apply_event(wm.Event.gui_update(ip, "finished"), at(46), repo)
+        assert out.ended == ()
+        assert out.alert is wm.Alert.END_HELD
+        assert {assignment(repo, aid).status for aid in ("A1", "A2", "A3")} == {A.RUNNING}
+        held = worker(repo, "a").held_end
+        assert held is not None
+        assert (held.count, held.candidates) == (3, ("a", "b", "c"))
+
     def test_without_the_evidence_guard_the_tie_break_takes_the_end(self) -> None:
         repo = self.nat()
         policy = with_table("no-evidence", guards=wm.DEFAULT_RULES.guards - {wm.Guard.EVIDENCE})
