@@ -2297,6 +2297,7 @@ def _passed_over(
         and w.hostname_seen is not None
         and w.hostname_seen > before.created_at
     ]
+    went_on.sort(key=lambda w: w.id)  # the note names the first: not the store's row order
     if not went_on:
         return None
     orphans = [
