@@ -35,18 +35,23 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from .._decision import Outcome
+from .._engine import HotMismatch, hot_outcome
 from .._errors import InvalidInput, StorageError
-from .._model import Assignment, Worker, check_id
+from .._model import Assignment, Event, Worker, check_id
 from .._observe import applying, retried
+from .._policy import Policy
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy, check_retry
 from ._core import (
     BACKENDS,
+    CONFLICT,
     RUNNING_LOCK,
     SQLITE_BUSY_TIMEOUT,
     Core,
     NeedsLock,
     Unit,
+    _autocommit,
     cause_of,
     configure_engine,
     current_unit,
@@ -73,6 +78,27 @@ _PLAIN_DRIVERS = {
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
 }
+
+
+_SERIALIZABLE_SESSION = "workermatch_serializable_session"
+
+
+def _serializable_session(dbapi_conn: Any, record: Any) -> None:
+    """Make every transaction of a new psycopg connection ``SERIALIZABLE``, a statement run
+    in autocommit included (psycopg's own ``isolation_level`` only sets its ``BEGIN``)."""
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+            )
+        finally:
+            cursor.close()
+    finally:
+        dbapi_conn.autocommit = autocommit
+    record.info[_SERIALIZABLE_SESSION] = True
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -158,6 +184,9 @@ class SQLWorkerRepository:
         )
         self.engine = configure_engine(engine)
         self._binding: Any = None
+        #: Whether hot requests may be decided in one statement (docs/stores.md, "The hot
+        #: request"); the tests turn it off to compare with the full path.
+        self._hot_path = True
 
     @property
     def retries(self) -> int:
@@ -213,6 +242,9 @@ class SQLWorkerRepository:
             event.listen(engine, "connect", sqlite_wal)
         repo = cls(engine, mapping=mapping, id_factory=id_factory, retry=retry)
         repo._own_engine = True
+        if repo._backend == "postgresql" and engine.dialect.driver == "psycopg":
+            # The hot request runs as one statement in autocommit: at SERIALIZABLE too.
+            event.listen(engine, "connect", _serializable_session)
         return repo
 
     def __repr__(self) -> str:
@@ -546,6 +578,64 @@ class SQLWorkerRepository:
                     self._retries += 1
                 retried(self._backend)
                 policy.sleep(pause)
+
+    # -- the hot request ---------------------------------------------------------------------------
+
+    def _apply_hot(self, event: Event, now: datetime, policy: Policy) -> Outcome | None:
+        """Decide the hot request ``event`` in one statement (``apply_event`` calls it for a
+        request that may be hot): the outcome, or ``None`` when the request is not hot here,
+        nothing written (``apply_event`` then runs the full unit).
+
+        PostgreSQL on an engine of :meth:`from_url` only, whose connections run every
+        transaction, a single statement's included, at ``SERIALIZABLE``.  The statement
+        refreshes the one live worker at the request's address when nothing about the address
+        or the worker would make the decision do more, and returns the worker as it was; the
+        decision then runs on it (:func:`~workermatch._engine.hot_outcome`).  When the
+        statement fails (a conflict, a lost connection), the full unit runs, with its retries.
+        """
+        core = self._core
+        if (
+            not self._hot_path
+            or not core._hot
+            or self._binding is not None
+            or current_unit(self) is not None
+        ):
+            return None
+        try:
+            conn = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise core.error("connecting", exc, attempts=1) from cause_of(exc)
+        try:
+            if not conn.connection.info.get(_SERIALIZABLE_SESSION):
+                return None  # a connection not set up by from_url's engine
+            try:
+                with _autocommit(conn, core.dbapi_error):
+                    before = core.hot(Unit(conn), event, now, policy)
+            except BaseException as exc:
+                found = core._driver_failure(exc, committing=True)
+                if found is None:
+                    raise
+                # A conflict rolled the statement back; any other failure wrote nothing, or,
+                # when the connection failed as the statement ran, may have refreshed the
+                # worker, which the full unit then finds refreshed and leaves as it is (a
+                # refresh at the same time writes nothing).  The full unit decides, with its
+                # retries and its errors.
+                if core.fault(found[0]) != CONFLICT:
+                    with contextlib.suppress(Exception):
+                        conn.invalidate()
+                return None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if before is None:
+            return None
+        try:
+            return hot_outcome(event, now, policy, before)
+        except HotMismatch as exc:  # pragma: no cover - the statement's conditions forbid it
+            raise StorageError(
+                f"the hot statement refreshed worker {before.id!r} for a request the decision "
+                f"places otherwise ({exc}): a bug in workermatch, please report it"
+            ) from exc
 
     # -- internals -------------------------------------------------------------------------------
 
