@@ -246,13 +246,14 @@ def may_be_hot(event: Event, policy: Policy) -> bool:
 
 
 def hot_touch(worker: Worker, event: Event, now: datetime) -> Worker:
-    """The worker as the hot statement leaves it: at the request's address, seen at ``now``,
-    its hostname seen at ``now`` when the request carries it (it is the worker's)."""
+    """The worker as the hot statement leaves it: at the request's address, seen at ``now`` (or
+    later, as it was), its hostname seen at ``now`` when the request carries it (it is the
+    worker's)."""
     host = event.identity.hostname
     return attrs.evolve(
         worker,
         ip=event.identity.ip,
-        last_seen=now,
+        last_seen=max(worker.last_seen, now),
         hostname_seen=worker.hostname_seen if host is None else now,
         stale=False,
     )

@@ -941,8 +941,9 @@ class Core:
         the decision read or write anything else; return the row as it was.
 
         The conditions, each a reason the decision would do more (``_decision``): an ended
-        session (``ended_grace``), a held end (its settlement), a worker seen at or after
-        ``now`` (the decision's write would change nothing but ``updated_at``); with a
+        session (``ended_grace``), a held end (its settlement), a refresh that changes nothing
+        (a worker seen at or after ``now``, and its hostname seen at ``now`` when the request
+        carries one: the decision then writes nothing, not even ``updated_at``); with a
         hostname, a worker that does not carry exactly that hostname (veto, adoption,
         reconciliation, transfer), and a worker without assignment created within the window
         where a renamed machine is looked for.  "Live" is the exact-IP query's own condition.
@@ -970,7 +971,6 @@ class Core:
         conditions = [
             old.c[w["id"].name] == w["id"],
             *live(t.workers, mine),
-            w["last_seen"] < b("now", type_=w["last_seen"].type),
             w["ended_at"].is_(None),
             w["held_end"].is_(None),
             ~sa.exists(
@@ -979,12 +979,21 @@ class Core:
                 .where(*live(other, theirs), theirs("id") != w["id"])
             ),
         ]
+        now = b("now", type_=w["last_seen"].type)
         values: dict[Any, Any] = {
             w["ip"]: b("ip", type_=w["ip"].type),
-            w["last_seen"]: b("now", type_=w["last_seen"].type),
+            w["last_seen"]: sa.func.greatest(w["last_seen"], now, type_=w["last_seen"].type),
         }
-        if with_host:
+        if not with_host:
+            conditions.append(w["last_seen"] < now)
+        else:
+            seen = b("now", type_=w["hostname_seen"].type)
             conditions += [
+                sa.or_(
+                    w["last_seen"] < now,
+                    w["hostname_seen"].is_(None),
+                    w["hostname_seen"] != seen,
+                ),
                 sa.collate(w["hostname"], "C") == b("host", type_=w["hostname"].type),
                 sa.or_(
                     w["assignment_id"].is_not(None),
@@ -992,7 +1001,7 @@ class Core:
                     w["created_at"] < b("renamed_before", type_=w["created_at"].type),
                 ),
             ]
-            values[w["hostname_seen"]] = b("now", type_=w["hostname_seen"].type)
+            values[w["hostname_seen"]] = seen
         if m.worker_updated_at is not None:
             values[t.workers.c[m.worker_updated_at]] = self.utc_now_sql()
         stmt = (

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -81,6 +82,23 @@ _PLAIN_DRIVERS = {
 
 
 _SERIALIZABLE_SESSION = "workermatch_serializable_session"
+
+#: Set while the hot statement takes its connection: the pool's check is skipped.
+_UNCHECKED: ContextVar[bool] = ContextVar("workermatch_unchecked_checkout", default=False)
+
+
+def _ping_on_checkout(dialect: sa.Dialect) -> Callable[..., None]:
+    """The pool's check of a connection at checkout (what ``pool_pre_ping`` does), skipped for
+    the hot statement: a connection the server dropped invalidates the pool's connections, and
+    the pool hands out a new one."""
+
+    def check(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if _UNCHECKED.get():
+            return
+        if not dialect._do_ping_w_event(dbapi_conn):
+            raise sa.exc.InvalidatePoolError()
+
+    return check
 
 
 def _serializable_session(dbapi_conn: Any, record: Any) -> None:
@@ -222,8 +240,9 @@ class SQLWorkerRepository:
         engine.  ``engine_options`` go to :func:`sqlalchemy.create_engine`; ``connect_args``
         given there are merged into the library's own (SQLite's ``timeout``, the busy timeout,
         defaults to :data:`SQLITE_BUSY_TIMEOUT`).  Server engines check a pooled connection
-        before handing it out (``pool_pre_ping=True``), so a connection the server dropped is
-        replaced."""
+        before a unit runs on it (``pool_pre_ping=True``; ``False`` turns it off), so a
+        connection the server dropped is replaced; the hot statement on PostgreSQL goes without
+        that check, and hands its request to a checked connection when its own has died."""
         parsed = normalize_url(url)
         if is_async_url(parsed):
             raise InvalidInput(
@@ -234,12 +253,17 @@ class SQLWorkerRepository:
                 value=url,
             )
         options = build_engine_options(parsed, engine_options)
+        # The pool's check at checkout, made by the repository's own listener (below), which
+        # the hot statement may skip.
+        ping = bool(options.pop("pool_pre_ping", False))
         try:
             engine = sa.create_engine(parsed, **options)
         except (SQLAlchemyError, ImportError, TypeError) as exc:
             raise StorageError(f"cannot create an engine for {parsed!r}: {exc}") from exc
         if parsed.get_backend_name() == "sqlite" and "poolclass" not in options:
             event.listen(engine, "connect", sqlite_wal)
+        if ping:
+            event.listen(engine.pool, "checkout", _ping_on_checkout(engine.dialect))
         repo = cls(engine, mapping=mapping, id_factory=id_factory, retry=retry)
         repo._own_engine = True
         if repo._backend == "postgresql" and engine.dialect.driver == "psycopg":
@@ -601,10 +625,15 @@ class SQLWorkerRepository:
             or current_unit(self) is not None
         ):
             return None
+        # No check of the pooled connection (a round trip): if the server dropped it, the
+        # statement fails and the full unit runs on a checked one.
+        unchecked = _UNCHECKED.set(True)
         try:
             conn = self.engine.connect()
         except SQLAlchemyError as exc:
             raise core.error("connecting", exc, attempts=1) from cause_of(exc)
+        finally:
+            _UNCHECKED.reset(unchecked)
         try:
             if not conn.connection.info.get(_SERIALIZABLE_SESSION):
                 return None  # a connection not set up by from_url's engine
