@@ -245,17 +245,22 @@ def may_be_hot(event: Event, policy: Policy) -> bool:
     return policy.rules in _SHIPPED_RULES
 
 
-def hot_touch(worker: Worker, event: Event, now: datetime) -> Worker:
-    """The worker as the hot statement leaves it: at the request's address, seen at ``now`` (or
-    later, as it was), its hostname seen at ``now`` when the request carries it (it is the
-    worker's)."""
+#: What the hot statement changes of the worker; it keeps every other field.
+_TOUCHED = ("ip", "last_seen", "hostname_seen", "stale")
+_KEPT = tuple(f.name for f in attrs.fields(Worker) if f.name not in _TOUCHED)
+
+
+def _is_hot_touch(after: Worker, before: Worker, event: Event, now: datetime) -> bool:
+    """Whether ``after`` is ``before`` as the hot statement leaves it: at the request's
+    address, seen at ``now`` (or later, as it was), its hostname seen at ``now`` when the
+    request carries it (it is the worker's), every other field as it was."""
     host = event.identity.hostname
-    return attrs.evolve(
-        worker,
-        ip=event.identity.ip,
-        last_seen=max(worker.last_seen, now),
-        hostname_seen=worker.hostname_seen if host is None else now,
-        stale=False,
+    return (
+        after.ip == event.identity.ip
+        and after.last_seen == max(before.last_seen, now)
+        and after.hostname_seen == (before.hostname_seen if host is None else now)
+        and after.stale is False
+        and all(getattr(after, name) == getattr(before, name) for name in _KEPT)
     )
 
 
@@ -273,8 +278,13 @@ def hot_outcome(event: Event, now: datetime, policy: Policy, before: Worker) -> 
         raise HotMismatch(f"the decision asked {query!r} too")
     except StopIteration as stop:
         outcome: Outcome = stop.value
-    if outcome.writes != (UpdateWorker(worker=hot_touch(before, event, now)),):
-        raise HotMismatch(f"the decision writes {outcome.writes!r}")
+    writes = outcome.writes
+    if not (
+        len(writes) == 1
+        and type(writes[0]) is UpdateWorker
+        and _is_hot_touch(writes[0].worker, before, event, now)
+    ):
+        raise HotMismatch(f"the decision writes {writes!r}")
     return outcome
 
 
