@@ -12,8 +12,10 @@ store ends as the full decision's writes leave it; whenever it declines, it wrot
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
+import attrs
 import pytest
 
 import workermatch as wm
@@ -94,6 +96,71 @@ def _case(rnd: random.Random) -> tuple[list[Write], wm.Event, wm.Policy]:
     return ops, event, rnd.choice(POLICIES)
 
 
+def _near_hot_case(rnd: random.Random) -> tuple[list[Write], wm.Event, wm.Policy]:
+    """The hot request with one to three of its facts changed, each to a value on either side
+    of what the hot statement accepts."""
+    (far,) = _case_workers(rnd)
+    ops, event, _ = _hot_case()
+    (w, a) = (ops[0].worker, ops[1].assignment)  # type: ignore[union-attr]
+    fields: dict[str, object] = {}
+    second: Worker | None = None
+    host: str | None = "box"
+    kind = "heartbeat"
+    changes: list[Callable[[], None]] = [
+        lambda: fields.update(hostname=rnd.choice([None, "other"])),
+        lambda: fields.update(hostname_seen=rnd.choice([None, NOW, NOW - timedelta(hours=1)])),
+        lambda: fields.update(last_seen=NOW - rnd.choice(AGO)),
+        lambda: fields.update(
+            created_at=NOW - rnd.choice(AGO[3:]),
+            assignment_id=rnd.choice([None, "A1"]),
+        ),
+        lambda: fields.update(stale=True),
+        lambda: fields.update(merged_into="far"),
+        lambda: fields.update(ended_at=NOW - rnd.choice(AGO[3:])),
+        lambda: fields.update(
+            held_end=HeldEnd(
+                status=AssignmentStatus.COMPLETED,
+                asked=(NOW - rnd.choice(AGO[3:]),),
+                candidates=("w0",),
+                count=1,
+            )
+        ),
+        lambda: fields.update(contested=("far", "w0")),
+        lambda: fields.update(status=rnd.choice(list(WorkerStatus))),
+    ]
+    for change in rnd.sample(changes, rnd.choice([1, 1, 2, 3])):
+        change()
+    if "last_seen" in fields or "created_at" in fields:
+        created = fields.get("created_at", w.created_at)
+        assert isinstance(created, datetime)
+        last_seen = fields.get("last_seen", w.last_seen)
+        assert isinstance(last_seen, datetime)
+        fields["last_seen"] = max(created, last_seen)
+    worker = attrs.evolve(w, **fields)
+    if rnd.random() < 0.2:
+        second = _worker(rnd, "w1", IP, ["far"])
+    r = rnd.random()
+    if r < 0.2:
+        host = rnd.choice([None, "other"])
+    elif r < 0.35:
+        kind = "gui_update"
+    policy = rnd.choice(POLICIES)
+    new_ops: list[Write] = [InsertWorker(worker=far), InsertWorker(worker=worker)]
+    if second is not None:
+        new_ops.append(InsertWorker(worker=second))
+    if worker.assignment_id == "A1":
+        new_ops.append(InsertAssignment(assignment=a))
+    if kind == "heartbeat":
+        event = wm.Event.heartbeat(IP, hostname=host)
+    else:
+        event = wm.Event.gui_update(IP, rnd.choice(["overall_progress", "finished"]))
+    return new_ops, event, policy
+
+
+def _case_workers(rnd: random.Random) -> list[Worker]:
+    return [_worker(rnd, "far", "10.0.0.2", [])]
+
+
 def _hot_case() -> tuple[list[Write], wm.Event, wm.Policy]:
     """The request the hot statement is for: a heartbeat from a running machine's address."""
     w = Worker(
@@ -167,6 +234,32 @@ def test_the_hot_statement_decides_as_the_full_unit(store_factory: StoreFactory)
         taken += _check(repo, *case)
     if hot:
         assert taken >= cases // 20, taken  # the cases reach the hot statement
+    else:
+        assert taken == 0
+
+
+def test_the_hot_statement_decides_as_the_full_unit_near_the_hot_request(
+    store_factory: StoreFactory,
+) -> None:
+    """The same, on stores one to three facts away from the hot request."""
+    repo = store_factory()
+    assert isinstance(repo, SQLWorkerRepository)
+    hot = repo.engine.dialect.name == "postgresql"
+    rnd = random.Random(20251130)
+    taken = declined = 0
+    cases = 800 if hot else 20
+    for _ in range(cases):
+        try:
+            case = _near_hot_case(rnd)
+        except wm.InvalidInput:
+            continue  # a combination the model refuses
+        if _check(repo, *case):
+            taken += 1
+        else:
+            declined += 1
+    if hot:
+        assert taken >= cases // 5, (taken, declined)
+        assert declined >= cases // 5, (taken, declined)
     else:
         assert taken == 0
 
