@@ -16,9 +16,22 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._decision import NEW_WORKER, Ask, Decision, Outcome, choose, decide
+from ._decision import (
+    DEFAULT_RULES,
+    FATAL_ERROR,
+    FINISHED,
+    LEGACY_RULES,
+    NEW_WORKER,
+    NOTE_RULES,
+    Ask,
+    Decision,
+    Outcome,
+    Query,
+    choose,
+    decide,
+)
 from ._errors import InvalidInput, StorageError, WorkermatchError
-from ._model import Event, EventKind, Identity, normalize_time
+from ._model import Event, EventKind, Identity, Worker, normalize_time
 from ._observe import deciding
 from ._policy import DEFAULT_POLICY, Policy
 from ._protocol import UpdateWorker, WorkerRepository
@@ -184,14 +197,105 @@ def apply_event(
         return outcome
 
     with deciding(event) as watch:
-        outcome = _guarded(repo, unit)
+        outcome = None
+        # A store may decide the hot request in one statement (the SQL repository on
+        # PostgreSQL): it returns None whenever the request is not one it can take.
+        hot = (
+            getattr(repo, "_apply_hot", None)
+            if at is not None and may_be_hot(event, policy)
+            else None
+        )
+        if hot is not None:
+            outcome = _storage(lambda: hot(event, at, policy))
+        if outcome is None:
+            outcome = _guarded(repo, unit)
         watch.report(outcome)
     return outcome
 
 
-def _guarded(repo: WorkerRepository, unit: Callable[[], T]) -> T:
+# -- the hot request ---------------------------------------------------------------------------
+#
+# The request most servers see most: a heartbeat or a progress update from the address of one
+# live worker, which the decision places on that worker and whose only write refreshes it.  A
+# store may make that write in one statement whose conditions say the decision would do nothing
+# else (``docs/stores.md``, "The hot request"), then hand the worker as it was before the
+# statement to :func:`hot_outcome`, which runs the decision itself on it: the outcome is the
+# decision's own, never a copy of it.
+
+_SHIPPED_RULES = (DEFAULT_RULES, NOTE_RULES, LEGACY_RULES)
+
+
+class HotMismatch(Exception):
+    """The decision asked for more than the hot request's one read, or wrote something else
+    than the statement did: the statement's conditions are wrong (a bug)."""
+
+
+def may_be_hot(event: Event, policy: Policy) -> bool:
+    """Whether ``event`` may be a hot request under ``policy``: a heartbeat, or an update
+    that ends no session, with no hint (each hint row reads), under a shipped rule table
+    (whose rows before the exact-IP rule are the hint rows)."""
+    identity = event.identity
+    if identity.worker_id is not None or identity.assignment_id is not None:
+        return False
+    if event.kind is EventKind.GUI_UPDATE:
+        if event.message in (FINISHED, FATAL_ERROR):
+            return False
+    elif event.kind is not EventKind.HEARTBEAT:
+        return False
+    return policy.rules in _SHIPPED_RULES
+
+
+#: What the hot statement changes of the worker; it keeps every other field.
+_TOUCHED = ("ip", "last_seen", "hostname_seen", "stale")
+_KEPT = tuple(f.name for f in attrs.fields(Worker) if f.name not in _TOUCHED)
+
+
+def _is_hot_touch(after: Worker, before: Worker, event: Event, now: datetime) -> bool:
+    """Whether ``after`` is ``before`` as the hot statement leaves it: at the request's
+    address, seen at ``now`` (or later, as it was), its hostname seen at ``now`` when the
+    request carries it (it is the worker's), every other field as it was."""
+    host = event.identity.hostname
+    return (
+        after.ip == event.identity.ip
+        and after.last_seen == max(before.last_seen, now)
+        and after.hostname_seen == (before.hostname_seen if host is None else now)
+        and after.stale is False
+        and all(getattr(after, name) == getattr(before, name) for name in _KEPT)
+    )
+
+
+def hot_outcome(event: Event, now: datetime, policy: Policy, before: Worker) -> Outcome:
+    """The decision's outcome for the hot request ``event``, run on the one live worker at its
+    address as it was (``before``).  Raises :class:`HotMismatch` when the decision reads
+    anything else or writes anything but the hot statement's update."""
+    expected = Query("live_workers_by_ip", (event.identity.ip, now - policy.stale_after))
+    computation = decide(event, now, policy, new_worker_id=None)
     try:
-        return repo.atomically(unit)
+        query = computation.send(None)
+        if query != expected:
+            raise HotMismatch(f"the decision asked {query!r}")
+        query = computation.send([before])
+        raise HotMismatch(f"the decision asked {query!r} too")
+    except StopIteration as stop:
+        outcome: Outcome = stop.value
+    writes = outcome.writes
+    if not (
+        len(writes) == 1
+        and type(writes[0]) is UpdateWorker
+        and _is_hot_touch(writes[0].worker, before, event, now)
+    ):
+        raise HotMismatch(f"the decision writes {writes!r}")
+    return outcome
+
+
+def _guarded(repo: WorkerRepository, unit: Callable[[], T]) -> T:
+    return _storage(lambda: repo.atomically(unit))
+
+
+def _storage(fn: Callable[[], T]) -> T:
+    """``fn()``, a failure of the store's own raised as a :class:`StorageError`."""
+    try:
+        return fn()
     except WorkermatchError:
         raise
     except Exception as exc:

@@ -215,7 +215,8 @@ def _fault_at_step(
         return False
 
     def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> Any:
-        wrote[0] = wrote[0] or _is_write(statement)
+        # The hot statement (PostgreSQL) commits on its own, in autocommit.
+        wrote[0] = wrote[0] or (_is_write(statement) and "hot_old" not in statement)
         if tick(" ".join(statement.split())[:60]):
             if fault == "kill":
                 _kill(repo, conn.connection.dbapi_connection)
@@ -307,7 +308,10 @@ def test_a_fault_at_any_statement_leaves_the_store_as_it_was_and_a_retry_succeed
                 released = bool(where) and "LOCK" in where[0].upper().split("(")[0]
                 # A failed COMMIT of a run that wrote nothing: the run goes on to its rerun.
                 unwritten = where == ["COMMIT, nothing written"]
-                assert fault in RETRIED_IN_PLACE or released or unwritten, (label, where)
+                # PostgreSQL: the hot statement failed (docs/stores.md, "The hot request"),
+                # and the full unit decided the request.
+                hot = step == 1 and where[0].startswith("UPDATE")  # the full unit reads first
+                assert fault in RETRIED_IN_PLACE or released or unwritten or hot, (label, where)
             else:
                 assert fault not in RETRIED_IN_PLACE, (label, where, error)
                 assert _state(repo) == before, (label, where)  # nothing half-written

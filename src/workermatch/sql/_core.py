@@ -916,6 +916,12 @@ class Core:
         self._upd_assignment = sa.update(t.assignments).where(a["id"] == b("_key")).values(touch_a)
         # Updates are compiled per set of changed columns, on first use (see _update).
         self._r_updates: dict[tuple[str, tuple[str, ...]], Raw] = {}
+        #: The hot request's statement, without and with a hostname (PostgreSQL only).
+        self._hot: dict[bool, Raw] = (
+            {False: self._hot_statement(False), True: self._hot_statement(True)}
+            if self.backend == "postgresql"
+            else {}
+        )
 
         # The same statements compiled once for this engine's dialect, run on the driver's own
         # cursor (see _raw).
@@ -928,6 +934,106 @@ class Core:
         a_keys = [c.name for c in self._a_cols]
         self._r_ins_worker = Raw(self._ins_worker, d, [*w_keys, *m.worker_defaults])
         self._r_ins_assignment = Raw(self._ins_assignment, d, [*a_keys, *m.assignment_defaults])
+
+    def _hot_statement(self, with_host: bool) -> Raw:
+        """The hot request in one statement (PostgreSQL): refresh the one live worker at the
+        request's address, when no other live worker is there and nothing about it would make
+        the decision read or write anything else; return the row as it was.
+
+        The conditions, each a reason the decision would do more (``_decision``): an ended
+        session (``ended_grace``), a held end (its settlement), a refresh that changes nothing
+        (a worker seen at or after ``now``, and its hostname seen at ``now`` when the request
+        carries one: the decision then writes nothing, not even ``updated_at``); with a
+        hostname, a worker that does not carry exactly that hostname (veto, adoption,
+        reconciliation, transfer), and a worker without assignment created within the window
+        where a renamed machine is looked for.  "Live" is the exact-IP query's own condition.
+        """
+        t, m = self.t, self.mapping
+        w = t.w
+        b = sa.bindparam
+        old = t.workers.alias("hot_old")
+        other = t.workers.alias("hot_other")
+
+        def live(table: Any, col: Callable[[str], Any]) -> list[Any]:
+            return [
+                col("ip") == b("ip", type_=w["ip"].type),
+                col("last_seen") >= b("since", type_=w["last_seen"].type),
+                col("stale") == sa.false(),
+                col("merged_into").is_(None),
+            ]
+
+        def mine(f: str) -> Any:
+            return w[f]
+
+        def theirs(f: str) -> Any:
+            return other.c[w[f].name]
+
+        conditions = [
+            old.c[w["id"].name] == w["id"],
+            *live(t.workers, mine),
+            w["ended_at"].is_(None),
+            w["held_end"].is_(None),
+            ~sa.exists(
+                sa.select(sa.literal_column("1"))
+                .select_from(other)
+                .where(*live(other, theirs), theirs("id") != w["id"])
+            ),
+        ]
+        now = b("now", type_=w["last_seen"].type)
+        values: dict[Any, Any] = {
+            w["ip"]: b("ip", type_=w["ip"].type),
+            w["last_seen"]: sa.func.greatest(w["last_seen"], now, type_=w["last_seen"].type),
+        }
+        if not with_host:
+            conditions.append(w["last_seen"] < now)
+        else:
+            seen = b("now", type_=w["hostname_seen"].type)
+            conditions += [
+                sa.or_(
+                    w["last_seen"] < now,
+                    w["hostname_seen"].is_(None),
+                    w["hostname_seen"] != seen,
+                ),
+                sa.collate(w["hostname"], "C") == b("host", type_=w["hostname"].type),
+                sa.or_(
+                    w["assignment_id"].is_not(None),
+                    w["created_at"] > b("renamed_after", type_=w["created_at"].type),
+                    w["created_at"] < b("renamed_before", type_=w["created_at"].type),
+                ),
+            ]
+            values[w["hostname_seen"]] = seen
+        if m.worker_updated_at is not None:
+            values[t.workers.c[m.worker_updated_at]] = self.utc_now_sql()
+        stmt = (
+            sa.update(t.workers)
+            .where(*conditions)
+            .values(values)
+            .returning(*(old.c[c.name] for c in self._w_cols))
+        )
+        return Raw(stmt, self.dialect)
+
+    def hot(self, unit: Unit, event: Event, now: datetime, policy: Any) -> Worker | None:
+        """Run the hot statement for ``event`` at ``now`` (PostgreSQL, in autocommit): the
+        worker as it was before the statement refreshed it, or ``None`` when the request is
+        not hot (nothing was written)."""
+        identity = event.identity
+        host = identity.hostname
+        stmt = self._hot[host is not None]
+        params: dict[str, Any] = {
+            "ip": identity.ip,
+            "since": now - policy.stale_after,
+            "now": now,
+        }
+        if host is not None:
+            params["host"] = host
+            params["renamed_after"] = now - policy.quiet_period
+            params["renamed_before"] = now - policy.stale_after
+        rows = self.raw(unit, stmt, params)
+        if not rows:
+            return None
+        if len(rows) != 1:  # pragma: no cover - the statement excludes a second live worker
+            raise StorageError(f"the hot statement refreshed {len(rows)} workers")
+        return self.worker(rows[0])
 
     def _update_statement(self, what: str, fields: tuple[str, ...]) -> Raw:
         if what == "worker":

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -35,18 +36,23 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from .._decision import Outcome
+from .._engine import HotMismatch, hot_outcome
 from .._errors import InvalidInput, StorageError
-from .._model import Assignment, Worker, check_id
+from .._model import Assignment, Event, Worker, check_id
 from .._observe import applying, retried
+from .._policy import Policy
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy, check_retry
 from ._core import (
     BACKENDS,
+    CONFLICT,
     RUNNING_LOCK,
     SQLITE_BUSY_TIMEOUT,
     Core,
     NeedsLock,
     Unit,
+    _autocommit,
     cause_of,
     configure_engine,
     current_unit,
@@ -73,6 +79,44 @@ _PLAIN_DRIVERS = {
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
 }
+
+
+_SERIALIZABLE_SESSION = "workermatch_serializable_session"
+
+#: Set while the hot statement takes its connection: the pool's check is skipped.
+_UNCHECKED: ContextVar[bool] = ContextVar("workermatch_unchecked_checkout", default=False)
+
+
+def _ping_on_checkout(dialect: sa.Dialect) -> Callable[..., None]:
+    """The pool's check of a connection at checkout (what ``pool_pre_ping`` does), skipped for
+    the hot statement: a connection the server dropped invalidates the pool's connections, and
+    the pool hands out a new one."""
+
+    def check(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if _UNCHECKED.get():
+            return
+        if not dialect._do_ping_w_event(dbapi_conn):
+            raise sa.exc.InvalidatePoolError()
+
+    return check
+
+
+def _serializable_session(dbapi_conn: Any, record: Any) -> None:
+    """Make every transaction of a new psycopg connection ``SERIALIZABLE``, a statement run
+    in autocommit included (psycopg's own ``isolation_level`` only sets its ``BEGIN``)."""
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+            )
+        finally:
+            cursor.close()
+    finally:
+        dbapi_conn.autocommit = autocommit
+    record.info[_SERIALIZABLE_SESSION] = True
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -158,6 +202,9 @@ class SQLWorkerRepository:
         )
         self.engine = configure_engine(engine)
         self._binding: Any = None
+        #: Whether hot requests may be decided in one statement (docs/stores.md, "The hot
+        #: request"); the tests turn it off to compare with the full path.
+        self._hot_path = True
 
     @property
     def retries(self) -> int:
@@ -193,8 +240,9 @@ class SQLWorkerRepository:
         engine.  ``engine_options`` go to :func:`sqlalchemy.create_engine`; ``connect_args``
         given there are merged into the library's own (SQLite's ``timeout``, the busy timeout,
         defaults to :data:`SQLITE_BUSY_TIMEOUT`).  Server engines check a pooled connection
-        before handing it out (``pool_pre_ping=True``), so a connection the server dropped is
-        replaced."""
+        before a unit runs on it (``pool_pre_ping=True``; ``False`` turns it off), so a
+        connection the server dropped is replaced; the hot statement on PostgreSQL goes without
+        that check, and hands its request to a checked connection when its own has died."""
         parsed = normalize_url(url)
         if is_async_url(parsed):
             raise InvalidInput(
@@ -205,14 +253,22 @@ class SQLWorkerRepository:
                 value=url,
             )
         options = build_engine_options(parsed, engine_options)
+        # The pool's check at checkout, made by the repository's own listener (below), which
+        # the hot statement may skip.
+        ping = bool(options.pop("pool_pre_ping", False))
         try:
             engine = sa.create_engine(parsed, **options)
         except (SQLAlchemyError, ImportError, TypeError) as exc:
             raise StorageError(f"cannot create an engine for {parsed!r}: {exc}") from exc
         if parsed.get_backend_name() == "sqlite" and "poolclass" not in options:
             event.listen(engine, "connect", sqlite_wal)
+        if ping:
+            event.listen(engine.pool, "checkout", _ping_on_checkout(engine.dialect))
         repo = cls(engine, mapping=mapping, id_factory=id_factory, retry=retry)
         repo._own_engine = True
+        if repo._backend == "postgresql" and engine.dialect.driver == "psycopg":
+            # The hot request runs as one statement in autocommit: at SERIALIZABLE too.
+            event.listen(engine, "connect", _serializable_session)
         return repo
 
     def __repr__(self) -> str:
@@ -546,6 +602,69 @@ class SQLWorkerRepository:
                     self._retries += 1
                 retried(self._backend)
                 policy.sleep(pause)
+
+    # -- the hot request ---------------------------------------------------------------------------
+
+    def _apply_hot(self, event: Event, now: datetime, policy: Policy) -> Outcome | None:
+        """Decide the hot request ``event`` in one statement (``apply_event`` calls it for a
+        request that may be hot): the outcome, or ``None`` when the request is not hot here,
+        nothing written (``apply_event`` then runs the full unit).
+
+        PostgreSQL on an engine of :meth:`from_url` only, whose connections run every
+        transaction, a single statement's included, at ``SERIALIZABLE``.  The statement
+        refreshes the one live worker at the request's address when nothing about the address
+        or the worker would make the decision do more, and returns the worker as it was; the
+        decision then runs on it (:func:`~workermatch._engine.hot_outcome`).  When the
+        statement fails (a conflict, a lost connection), the full unit runs, with its retries.
+        """
+        core = self._core
+        if (
+            not self._hot_path
+            or not core._hot
+            or self._binding is not None
+            or current_unit(self) is not None
+        ):
+            return None
+        # No check of the pooled connection (a round trip): if the server dropped it, the
+        # statement fails and the full unit runs on a checked one.
+        unchecked = _UNCHECKED.set(True)
+        try:
+            conn = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise core.error("connecting", exc, attempts=1) from cause_of(exc)
+        finally:
+            _UNCHECKED.reset(unchecked)
+        try:
+            if not conn.connection.info.get(_SERIALIZABLE_SESSION):
+                return None  # a connection not set up by from_url's engine
+            try:
+                with _autocommit(conn, core.dbapi_error):
+                    before = core.hot(Unit(conn), event, now, policy)
+            except BaseException as exc:
+                found = core._driver_failure(exc, committing=True)
+                if found is None:
+                    raise
+                # A conflict rolled the statement back; any other failure wrote nothing, or,
+                # when the connection failed as the statement ran, may have refreshed the
+                # worker, which the full unit then finds refreshed and leaves as it is (a
+                # refresh at the same time writes nothing).  The full unit decides, with its
+                # retries and its errors.
+                if core.fault(found[0]) != CONFLICT:
+                    with contextlib.suppress(Exception):
+                        conn.invalidate()
+                return None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if before is None:
+            return None
+        try:
+            return hot_outcome(event, now, policy, before)
+        except HotMismatch as exc:  # pragma: no cover - the statement's conditions forbid it
+            raise StorageError(
+                f"the hot statement refreshed worker {before.id!r} for a request the decision "
+                f"places otherwise ({exc}): a bug in workermatch, please report it"
+            ) from exc
 
     # -- internals -------------------------------------------------------------------------------
 
