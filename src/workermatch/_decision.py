@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import operator
 from collections.abc import Callable, Collection, Generator, Sequence
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import attrs
@@ -1001,15 +1001,19 @@ def _key_fn(criterion: Criterion, ctx: _Ctx) -> Callable[[Worker], Any]:
         return lambda w: -_ip_prefix(w.ip, ip)
     if criterion is Criterion.NEWEST:
         return lambda w: _EPOCH - w.created_at
-    return lambda w: w.created_at - _EPOCH  # Criterion.OLDEST
+    return attrgetter("created_at")  # Criterion.OLDEST: earliest first
 
 
 def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
     if len(workers) == 1:
         return [(workers[0], ())]  # nothing to rank: no key is ever compared
     fns = [_key_fn(c, ctx) for c in ctx.rules.ranking]
-    keyed = [(w, (*[f(w) for f in fns], w.id)) for w in workers]
-    keyed.sort(key=lambda pair: pair[1])
+    if len(fns) == 5:  # the default table's ranking: one tuple per candidate, made at once
+        a, b, c, d, e = fns
+        keyed = [(w, (a(w), b(w), c(w), d(w), e(w), w.id)) for w in workers]
+    else:
+        keyed = [(w, (*[f(w) for f in fns], w.id)) for w in workers]
+    keyed.sort(key=itemgetter(1))
     return keyed
 
 
@@ -1021,7 +1025,7 @@ def _doubt(ranked: _Ranked, ctx: _Ctx) -> list[Worker]:
     evidence = [i for i, c in enumerate(ranking) if c.is_evidence]
     if not evidence:
         return [w for w, _ in ranked]
-    part = operator.itemgetter(*evidence)
+    part = itemgetter(*evidence)
     best = part(ranked[0][1])
     return [w for w, key in ranked if part(key) == best]
 
