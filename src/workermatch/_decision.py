@@ -33,6 +33,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Collection, Generator, Sequence
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import attrs
@@ -966,37 +967,53 @@ def _ip_prefix(a: str, b: str) -> int:
     return x.max_prefixlen - (int(x) ^ int(y)).bit_length()
 
 
-def _key_part(criterion: Criterion, w: Worker, ctx: _Ctx) -> Any:
-    if criterion is Criterion.LIVE_SESSION:
-        return 0 if w.ended_at is None and not _may_have_ended(w, ctx) else 1
-    if criterion is Criterion.HOSTNAME_AGREES:
-        host = ctx.identity.hostname
-        if host is not None and w.hostname == host:
-            return 0
-        return 1 if w.id in ctx.successors else 2
-    if criterion is Criterion.HEARTBEATS:
-        return 1 if _heartbeats_stopped(w, ctx) else 0
-    if criterion is Criterion.HOLDS_RUNNING:
-        return 0 if w.status is WorkerStatus.RUNNING else 1
-    if criterion is Criterion.RECENTLY_SEEN:
-        return _EPOCH - w.last_seen
-    if criterion is Criterion.NEAREST_IP:
-        return -_ip_prefix(w.ip, ctx.identity.ip)
-    if criterion is Criterion.NEWEST:
-        return _EPOCH - w.created_at
-    return w.created_at - _EPOCH  # Criterion.OLDEST
-
-
 _Pair: TypeAlias = tuple[Worker, tuple[Any, ...]]
 _Ranked: TypeAlias = list[_Pair]
+
+
+def _key_fn(criterion: Criterion, ctx: _Ctx) -> Callable[[Worker], Any]:
+    """A worker's place on ``criterion`` (smaller ranks first), as a function of the worker with
+    its constants computed once: a rule at an address that many machines share ranks each of
+    them."""
+    if criterion is Criterion.LIVE_SESSION:
+        return lambda w: (
+            0 if w.ended_at is None and (w.held_end is None or not _may_have_ended(w, ctx)) else 1
+        )
+    if criterion is Criterion.HOSTNAME_AGREES:
+        host, successors = ctx.identity.hostname, ctx.successors
+        if host is None:
+            return lambda w: 2
+        return lambda w: 0 if w.hostname == host else 1 if w.id in successors else 2
+    if criterion is Criterion.HEARTBEATS:
+        # _heartbeats_stopped: now - hostname_seen > 2 * quiet_period
+        cutoff = ctx.now - 2 * ctx.policy.quiet_period
+        return lambda w: (
+            1
+            if w.hostname is not None and w.hostname_seen is not None and w.hostname_seen < cutoff
+            else 0
+        )
+    if criterion is Criterion.HOLDS_RUNNING:
+        return lambda w: 0 if w.status is WorkerStatus.RUNNING else 1
+    if criterion is Criterion.RECENTLY_SEEN:
+        return lambda w: _EPOCH - w.last_seen
+    if criterion is Criterion.NEAREST_IP:
+        ip = ctx.identity.ip
+        return lambda w: -_ip_prefix(w.ip, ip)
+    if criterion is Criterion.NEWEST:
+        return lambda w: _EPOCH - w.created_at
+    return attrgetter("created_at")  # Criterion.OLDEST: earliest first
 
 
 def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
     if len(workers) == 1:
         return [(workers[0], ())]  # nothing to rank: no key is ever compared
-    ranking = ctx.rules.ranking
-    keyed = [(w, (*(_key_part(c, w, ctx) for c in ranking), w.id)) for w in workers]
-    keyed.sort(key=lambda pair: pair[1])
+    fns = [_key_fn(c, ctx) for c in ctx.rules.ranking]
+    if len(fns) == 5:  # the default table's ranking: one tuple per candidate, made at once
+        a, b, c, d, e = fns
+        keyed = [(w, (a(w), b(w), c(w), d(w), e(w), w.id)) for w in workers]
+    else:
+        keyed = [(w, (*[f(w) for f in fns], w.id)) for w in workers]
+    keyed.sort(key=itemgetter(1))
     return keyed
 
 
@@ -1006,8 +1023,11 @@ def _doubt(ranked: _Ranked, ctx: _Ctx) -> list[Worker]:
         return [ranked[0][0]]
     ranking = ctx.rules.ranking
     evidence = [i for i, c in enumerate(ranking) if c.is_evidence]
-    best = ranked[0][1]
-    return [w for w, key in ranked if all(key[i] == best[i] for i in evidence)]
+    if not evidence:
+        return [w for w, _ in ranked]
+    part = itemgetter(*evidence)
+    best = part(ranked[0][1])
+    return [w for w, key in ranked if part(key) == best]
 
 
 def _why_outranked(key: tuple[Any, ...], best: tuple[Any, ...], winner: str, ctx: _Ctx) -> str:
@@ -1164,14 +1184,14 @@ def choose(
         if isinstance(found, str):
             seen.steps.append((rule, "not applicable", found, (), ()))
             continue
-        rejected = list(found.rejected)
+        rejected: list[Candidate | tuple[str, str]] = list(found.rejected)
         eligible: list[Worker] = []
         for w in found.workers:
             why = _ineligible(w, ctx)
             if why is None:
                 eligible.append(w)
             else:
-                rejected.append(Candidate(worker_id=w.id, verdict=Verdict.REJECTED, reason=why))
+                rejected.append((w.id, why))  # made a Candidate when the reports are read
         if not eligible:
             seen.steps.append((rule, "no candidates", found.detail, rejected, ()))
             continue
@@ -1225,7 +1245,10 @@ class _Seen:
         self.ctx = ctx
         self.rows = rows
         # One step per rule reached: (rule, outcome, detail, rejected, ranked).
-        self.steps: list[tuple[Rule, str, str, Sequence[Candidate], Sequence[_Pair]]] = []
+        # A rejected candidate is a Candidate, or (worker id, reason) until the reports are made.
+        self.steps: list[
+            tuple[Rule, str, str, Sequence[Candidate | tuple[str, str]], Sequence[_Pair]]
+        ] = []
         self.doubt = 0
         """How many candidates of the matching rule the evidence could not separate."""
 
@@ -1284,8 +1307,14 @@ def _made(reports: tuple[RuleReport, ...] | _Seen) -> tuple[RuleReport, ...]:
     return reports.reports() if isinstance(reports, _Seen) else reports
 
 
-def _sorted(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
-    return tuple(sorted(candidates, key=lambda c: c.worker_id))
+def _sorted(candidates: Sequence[Candidate | tuple[str, str]]) -> tuple[Candidate, ...]:
+    made = [
+        c
+        if isinstance(c, Candidate)
+        else Candidate(worker_id=c[0], verdict=Verdict.REJECTED, reason=c[1])
+        for c in candidates
+    ]
+    return tuple(sorted(made, key=lambda c: c.worker_id))
 
 
 def _order(ctx: _Ctx) -> str:
@@ -1994,9 +2023,10 @@ def _keep_alive(
     if decision.rule is not Rule.EXACT_IP or event.identity.hostname is not None:
         return []
     kept = []
+    doubt = set(decision.doubt)
     for w in decision.outranked:
         if (
-            w.id in decision.doubt
+            w.id in doubt
             and w.ip == event.identity.ip
             and w.status is WorkerStatus.RUNNING
             and w.ended_at is None
