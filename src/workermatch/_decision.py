@@ -395,16 +395,21 @@ def _hinted(ctx: _Ctx, worker: Worker, detail: str) -> Ask[_Found]:
 
 def _find_exact_ip(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     found = yield from _by_ip(ctx.identity.ip, ctx.live_since)
-    detail = f"live workers with ip {ctx.identity.ip}"
     host = ctx.identity.hostname
+    if host is None or not found or found[0].hostname == host:  # the hot row
+        return _Found(found, [], f"live workers with ip {ctx.identity.ip}")
+    return (yield from _exact_ip_heir(ctx, found, host))
+
+
+def _exact_ip_heir(ctx: _Ctx, found: list[Worker], host: str) -> Ask[_Found]:
+    """The exact-IP row for a request whose hostname no worker at its address has (yet)."""
+    detail = f"live workers with ip {ctx.identity.ip}"
     if (
-        host is None
-        or not found
+        any(w.hostname == host for w in found)
         or ctx.claiming is not None
         or Criterion.HOSTNAME_AGREES not in ctx.rules.ranking
-        or any(w.hostname == host for w in found)
     ):
-        return _Found(found, [], detail)  # the hot row
+        return _Found(found, [], detail)
     # A heartbeat whose machine's claim waits elsewhere: addresses are handed on (a VPN pool),
     # and the claim worker that came right after its last session ended is known by its name.
     orphans = [
@@ -1195,8 +1200,11 @@ def choose(
         if not eligible:
             seen.steps.append((rule, "no candidates", found.detail, rejected, ()))
             continue
-        ranked = _rank(eligible, ctx)
-        doubt = _doubt(ranked, ctx)
+        if len(eligible) == 1:  # the hot case: nothing to rank, no doubt
+            ranked, doubt = [(eligible[0], ())], eligible
+        else:
+            ranked = _rank(eligible, ctx)
+            doubt = _doubt(ranked, ctx)
         ambiguous = len(doubt) > 1
         if ambiguous and policy.on_ambiguous is OnAmbiguous.SKIP_RULE:
             detail = found.detail + f"; {len(doubt)} candidates could not be told apart"

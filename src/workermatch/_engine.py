@@ -200,12 +200,8 @@ def apply_event(
         outcome = None
         # A store may decide the hot request in one statement (the SQL repository on
         # PostgreSQL): it returns None whenever the request is not one it can take.
-        hot = (
-            getattr(repo, "_apply_hot", None)
-            if at is not None and may_be_hot(event, policy)
-            else None
-        )
-        if hot is not None:
+        hot = getattr(repo, "_apply_hot", None)
+        if hot is not None and at is not None and may_be_hot(event, policy):
             outcome = _storage(lambda: hot(event, at, policy))
         if outcome is None:
             outcome = _guarded(repo, unit)
