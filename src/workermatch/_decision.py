@@ -430,7 +430,7 @@ def _exact_ip_heir(ctx: _Ctx, found: list[Worker], host: str) -> Ask[_Found]:
 def _successors(ctx: _Ctx, host: str, workers: list[Worker]) -> Ask[frozenset[str]]:
     """The claim workers among ``workers`` that hostname ``host`` is known by: made without
     hostname by a claim that came within ``ended_grace`` after a session of ``host`` ended
-    (a batch client claims its next assignment right after its session's end).  None when the
+    (a batch client claims its next assignment right after its session's end).  Empty when the
     hostname is shared (clones: another machine's end proves nothing)."""
     policy, now = ctx.policy, ctx.now
     follow = policy.ended_grace or policy.quiet_period
@@ -1010,8 +1010,7 @@ def _key_fn(criterion: Criterion, ctx: _Ctx) -> Callable[[Worker], Any]:
 
 
 def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
-    if len(workers) == 1:
-        return [(workers[0], ())]  # nothing to rank: no key is ever compared
+    """Several candidates, best first, each with its key (``choose`` does not rank one)."""
     fns = [_key_fn(c, ctx) for c in ctx.rules.ranking]
     if len(fns) == 5:  # the default table's ranking: one tuple per candidate, made at once
         a, b, c, d, e = fns
@@ -1024,8 +1023,6 @@ def _rank(workers: list[Worker], ctx: _Ctx) -> _Ranked:
 
 def _doubt(ranked: _Ranked, ctx: _Ctx) -> list[Worker]:
     """The candidates the evidence cannot separate from the best one (the best included)."""
-    if len(ranked) == 1:
-        return [ranked[0][0]]
     ranking = ctx.rules.ranking
     evidence = [i for i, c in enumerate(ranking) if c.is_evidence]
     if not evidence:
