@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -140,35 +141,36 @@ def _reflected_indexes(inspector: Any, table_name: str, schema: str | None) -> l
     return found
 
 
-def missing_indexes(inspector: Any, tables: Tables) -> list[sa.Index]:
-    """The library's indexes that the tables lack (by name, or an index of another name on the
-    same leading columns)."""
-    out = []
+def _indexes_beside_reflected(
+    inspector: Any, tables: Tables
+) -> Iterator[tuple[sa.Index, list[Any]]]:
+    """Each library index whose table exists, with the indexes that table has."""
     schema = tables.mapping.schema
     for index in tables.indexes:
         table = index.table
         assert table is not None
-        if not inspector.has_table(table.name, schema=schema):
-            continue
-        found = _reflected_indexes(inspector, table.name, schema)
-        if not any(_index_matches(index, f) for f in found):
-            out.append(index)
-    return out
+        if inspector.has_table(table.name, schema=schema):
+            yield index, _reflected_indexes(inspector, table.name, schema)
+
+
+def missing_indexes(inspector: Any, tables: Tables) -> list[sa.Index]:
+    """The library's indexes that the tables lack (by name, or an index of another name on the
+    same leading columns)."""
+    return [
+        index
+        for index, found in _indexes_beside_reflected(inspector, tables)
+        if not any(_index_matches(index, f) for f in found)
+    ]
 
 
 def library_indexes_present(inspector: Any, tables: Tables) -> list[sa.Index]:
     """The library's indexes that exist under the library's names (what ``drop_schema``
     removes from someone else's tables)."""
-    out = []
-    schema = tables.mapping.schema
-    for index in tables.indexes:
-        table = index.table
-        assert table is not None
-        if not inspector.has_table(table.name, schema=schema):
-            continue
-        if index.name in {f.get("name") for f in _reflected_indexes(inspector, table.name, schema)}:
-            out.append(index)
-    return out
+    return [
+        index
+        for index, found in _indexes_beside_reflected(inspector, tables)
+        if index.name in {f.get("name") for f in found}
+    ]
 
 
 def schema_defects(
