@@ -1807,12 +1807,13 @@ def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]
     doubt = tuple(sorted(decision.doubt))
     read = {w.id: w for w in decision.outranked}
     winner = out.latest(decision.worker)
-    if winner.contested != doubt:
+    if not set(doubt) <= set(winner.contested):
         alerts.append(Alert.DOUBT)
     for wid in doubt:
         w = winner if wid == winner.id else out.latest(read[wid])
-        if w.contested != doubt:
-            out.worker(evolve_valid(w, contested=doubt))
+        if not set(doubt) <= set(w.contested):
+            # A worker contested twice keeps both doubts: each says whose work may be whose.
+            out.worker(evolve_valid(w, contested=tuple(sorted({*w.contested, *doubt}))))
     return
     yield  # pragma: no cover - makes this a generator
 
@@ -1875,6 +1876,12 @@ def _could_have_sent(
     )
 
 
+def _heard_since(w: Worker, asked: Sequence[datetime]) -> bool:
+    """Whether ``w``'s machine was heard from (with its hostname) after the first of the ends
+    ``asked``: its session went on."""
+    return w.hostname_seen is not None and w.hostname_seen > min(asked)
+
+
 def _hold(
     ctx: _Ctx,
     ids: Sequence[str],
@@ -1899,16 +1906,31 @@ def _hold(
             members[wid] = out.latest(w)
     asked = list(asked) or [ctx.now]
     count = 1
-    for earlier in {w.held_end for w in members.values() if w.held_end is not None}:
-        assert earlier is not None
-        asked += earlier.asked
-        count += earlier.count
-        doubt = "assignment" if earlier.doubt != doubt else doubt
-        for wid in earlier.candidates:
-            if wid not in members:
-                w = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
-                if w is not None and w.held_end == earlier:
-                    members[wid] = out.latest(w)
+    seen: set[HeldEnd] = set()
+    grown = True
+    while grown:
+        # The candidates grow by the ends held among them and by the workers they were adopted
+        # under doubt with: which of those sessions is whose is unknown.
+        grown = False
+        for w in list(members.values()):
+            earlier = w.held_end
+            more: list[tuple[str, HeldEnd | None]] = [(wid, None) for wid in w.contested]
+            if earlier is not None and earlier not in seen:
+                seen.add(earlier)
+                asked += earlier.asked
+                count += earlier.count
+                doubt = "assignment" if earlier.doubt != doubt else doubt
+                more += [(wid, earlier) for wid in earlier.candidates]
+            for wid, by in more:
+                if wid not in members:
+                    v = out.workers.get(wid) or known.get(wid) or (yield from _get_worker(wid))
+                    if (
+                        v is not None
+                        and v.ended_at is None
+                        and (v.held_end == by if by is not None else _heard_since(v, asked))
+                    ):
+                        members[wid] = out.latest(v)
+                        grown = True
     if not members:
         return (), []  # every candidate's session ended meanwhile: nothing left to end
     names = ", ".join(sorted(members))

@@ -1387,6 +1387,49 @@ class TestSessionEnd:
         assert held is not None
         assert (held.count, held.candidates) == (3, ("a", "b", "c"))
 
+    def contested_nat(self) -> wm.InMemoryWorkerRepository:
+        """The NAT pair, where ``a`` was adopted under doubt with ``c``, a worker elsewhere whose
+        machine's heartbeats go on: pc-a's stream is on ``a``, but whether A1 or A3 is its
+        work is unknown."""
+        repo = self.nat()
+        seed(repo, "c", "198.51.100.7", hostname="pc-c", running="A3", seen=-1, hostname_seen=-1)
+        for wid in ("a", "c"):
+            contested = attrs.evolve(worker(repo, wid), contested=("a", "c"))
+            repo.write([wm.UpdateWorker(worker=contested)])
+        return repo
+
+    def test_counting_waits_for_the_stream_a_counted_worker_was_adopted_with(self) -> None:
+        repo = self.contested_nat()
+        wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
+        wm.apply_event(wm.Event.heartbeat("198.51.100.7", hostname="pc-c"), at(1), repo)
+        out = wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), at(3), repo)
+        # Two ends among a and b, but a's may be c's work: c's machine is still heard from, so
+        # ending A1 could end c's session for pc-a's request.
+        assert (out.ended, out.alert) == ((), wm.Alert.END_HELD)
+        assert {assignment(repo, aid).status for aid in ("A1", "A2", "A3")} == {A.RUNNING}
+        held = worker(repo, "c").held_end
+        assert held is not None
+        assert (held.count, held.candidates) == (2, ("a", "b", "c"))
+        assert "held the end (COMPLETED) among a, b, c (2 ends held among them)" in out.explain()
+        # c's own end comes: as many ends as candidates, and whichever was whose, all three end.
+        done = wm.apply_event(wm.Event.gui_update("198.51.100.7", "finished"), at(40), repo)
+        assert sorted(done.ended) == ["A1", "A2", "A3"]
+        assert {held.asked for _, held in done.settled} == {(NOW, at(3), at(40))}
+
+    def test_a_worker_contested_twice_keeps_both_doubts(self) -> None:
+        # Three claims wait; pc-1 takes one of w1, w2, w3 under doubt, then pc-2 one of the two
+        # left: the worker pc-2 takes was in both doubts, and it stays contested with all three.
+        repo = new_repo()
+        for k in (1, 2, 3):
+            add_assignment(repo, f"A{k}")
+            wm.apply_event(wm.Event.claim(f"203.0.113.{k}", f"A{k}"), at(-60 + k), repo)
+        first = wm.apply_event(wm.Event.heartbeat("198.51.100.1", hostname="pc-1"), at(-20), repo)
+        second = wm.apply_event(wm.Event.heartbeat("198.51.100.2", hostname="pc-2"), at(-10), repo)
+        assert (first.ambiguous, first.alert) == (True, wm.Alert.DOUBT)
+        # The two left were seen together in the first doubt: no new alert.
+        assert (second.ambiguous, second.alert) == (True, None)
+        assert second.worker.contested == tuple(sorted(w.id for w in repo.all_workers()))
+
     def test_without_the_evidence_guard_the_tie_break_takes_the_end(self) -> None:
         repo = self.nat()
         policy = with_table("no-evidence", guards=wm.DEFAULT_RULES.guards - {wm.Guard.EVIDENCE})
