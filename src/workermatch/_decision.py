@@ -396,14 +396,14 @@ def _hinted(ctx: _Ctx, worker: Worker, detail: str) -> Ask[_Found]:
 def _find_exact_ip(ctx: _Ctx, row: Row) -> Ask[_Found | str]:
     found = yield from _by_ip(ctx.identity.ip, ctx.live_since)
     host = ctx.identity.hostname
-    if host is None or not found or found[0].hostname == host:  # the hot row
-        return _Found(found, [], f"live workers with ip {ctx.identity.ip}")
-    return (yield from _exact_ip_heir(ctx, found, host))
-
-
-def _exact_ip_heir(ctx: _Ctx, found: list[Worker], host: str) -> Ask[_Found]:
-    """The exact-IP row for a request whose hostname no worker at its address has (yet)."""
     detail = f"live workers with ip {ctx.identity.ip}"
+    if host is None or not found or found[0].hostname == host:  # the hot row
+        return _Found(found, [], detail)
+    return (yield from _exact_ip_heir(ctx, found, host, detail))
+
+
+def _exact_ip_heir(ctx: _Ctx, found: list[Worker], host: str, detail: str) -> Ask[_Found]:
+    """The exact-IP row for a request whose hostname no worker at its address has (yet)."""
     if (
         any(w.hostname == host for w in found)
         or ctx.claiming is not None
