@@ -325,6 +325,22 @@ class FloorTx(Floor):
     transaction = True
 
 
+def _insert_idle(
+    workers: sa.Table, worker_id: str, ip: str, hostname: str, now: datetime
+) -> sa.Insert:
+    """SQLAlchemy Core's ``INSERT`` of a new IDLE worker first seen ``now`` (``core`` and
+    ``note``, where nothing matched)."""
+    return sa.insert(workers).values(
+        id=worker_id,
+        ip=ip,
+        hostname=hostname,
+        created_at=now,
+        last_seen=now,
+        status="IDLE",
+        stale=False,
+    )
+
+
 class Core:
     """The floor's statement rebuilt with SQLAlchemy Core and run in ``engine.begin()`` on every
     call (the comparison this benchmark used to call "bare")."""
@@ -349,15 +365,7 @@ class Core:
                 found = conn.execute(stmt).rowcount > 0
             if not found:
                 conn.execute(
-                    sa.insert(self.w).values(
-                        id=f"b{self.client}-{os.urandom(6).hex()}",
-                        ip=ip,
-                        hostname=hostname,
-                        created_at=now,
-                        last_seen=now,
-                        status="IDLE",
-                        stale=False,
-                    )
+                    _insert_idle(self.w, f"b{self.client}-{os.urandom(6).hex()}", ip, hostname, now)
                 )
 
     def close(self) -> None:
@@ -412,17 +420,7 @@ class Note:
                 return
             # Priority 4: create, and transfer from stale same-IP-or-hostname workers
             new_id = f"n{self.client}-{os.urandom(6).hex()}"
-            conn.execute(
-                sa.insert(self.w).values(
-                    id=new_id,
-                    ip=ip,
-                    hostname=hostname,
-                    created_at=now,
-                    last_seen=now,
-                    status="IDLE",
-                    stale=False,
-                )
-            )
+            conn.execute(_insert_idle(self.w, new_id, ip, hostname, now))
             stale = [
                 r[0]
                 for r in conn.execute(
