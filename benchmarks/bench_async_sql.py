@@ -26,8 +26,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import workermatch as wm
+from _bench import fresh_repo
 from workermatch import aio
-from workermatch.sql import DEFAULT_MAPPING, AsyncSQLWorkerRepository, SQLWorkerRepository
+from workermatch.sql import DEFAULT_MAPPING, AsyncSQLWorkerRepository
 
 NOW = datetime(2025, 11, 6, 12, 0, tzinfo=timezone.utc)
 MAPPING = DEFAULT_MAPPING.with_table_prefix("bench_async_")
@@ -63,9 +64,7 @@ def main() -> None:
     events = _events(args.workers, args.requests)
     at = NOW + timedelta(seconds=10)
 
-    sync = SQLWorkerRepository.from_url(args.db, mapping=MAPPING)
-    sync.drop_schema()
-    sync.create_schema()
+    sync = fresh_repo(args.db, MAPPING)
     for i in range(args.workers):
         wm.apply_event(wm.Event.heartbeat(_ip(i), hostname=f"h{i}"), NOW, sync)
     results: list[tuple[str, float, float]] = []

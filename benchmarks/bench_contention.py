@@ -44,6 +44,7 @@ from collections import Counter
 from typing import Any
 
 import workermatch as wm
+from _bench import fresh_repo, load_average
 from workermatch.sql import DEFAULT_MAPPING, SQLWorkerRepository
 
 MAPPING = DEFAULT_MAPPING.with_table_prefix("benchc_")
@@ -110,9 +111,7 @@ def _busy_jiffies() -> tuple[int, int]:
 
 
 def run(url: str, machines: int, processes: int, lag: int) -> dict[str, Any]:
-    repo = SQLWorkerRepository.from_url(url, mapping=MAPPING)
-    repo.drop_schema()
-    repo.create_schema()
+    repo = fresh_repo(url, MAPPING)
     repo.write([wm.InsertAssignment(assignment=wm.Assignment(id=f"A{m}")) for m in range(machines)])
     requests = stream(machines, lag)
     shares: list[list[tuple[int, Request]]] = [[] for _ in range(processes)]
@@ -189,9 +188,9 @@ def main() -> None:
     parser.add_argument("--lag", type=int, default=8)
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
-    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"load average before: {load_average()}")
     r = run(args.db, args.machines, args.processes, args.lag)
-    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"load average after: {load_average()}")
     backend = SQLWorkerRepository.from_url(args.db).engine.dialect.name
     print()
     print(

@@ -52,22 +52,22 @@ import gc
 import ipaddress
 import itertools
 import os
-import platform
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
 import workermatch as wm
+from _bench import Timing, best, calibrate, fleet_ip, load_average, machine, one_round
+from _fleet import inserts, worker_and_assignment
 
 NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
 RECENT = 10
 BATCH = 50_000
 NAT_IP = "198.51.100.7"
 NAT_SIZE = 3
-
-
-def _ip(i: int) -> str:
-    return str(ipaddress.IPv4Address(0x0A000000 + i))  # 10.0.0.0 onwards
 
 
 def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
@@ -90,102 +90,42 @@ def build_fleet(n: int) -> wm.InMemoryWorkerRepository:
             seen = NOW - timedelta(seconds=40 if i == n - 1 else 1)
             running = True
             hostname = f"host-{i}"
-        wid = f"w{i}"
-        aid = f"a{i}"
-        writes.append(
-            wm.InsertWorker(
-                worker=wm.Worker(
-                    id=wid,
-                    ip=_ip(i),
-                    hostname=hostname,
-                    created_at=created,
-                    last_seen=seen,
-                    status=wm.WorkerStatus.RUNNING if running else wm.WorkerStatus.IDLE,
-                    assignment_id=aid if running else None,
-                )
+        writes += inserts(
+            *worker_and_assignment(
+                f"w{i}",
+                f"a{i}",
+                ip=fleet_ip(i),
+                hostname=hostname,
+                created=created,
+                seen=seen,
+                running=running,
             )
         )
-        if running:
-            writes.append(
-                wm.InsertAssignment(
-                    assignment=wm.Assignment(
-                        id=aid,
-                        status=wm.AssignmentStatus.RUNNING,
-                        worker_id=wid,
-                        started_at=created,
-                    )
-                )
-            )
         if len(writes) >= BATCH:
             repo.write(writes)
             writes = []
     # Three machines behind one NAT address, each running, no hostname known (clients that
     # never send one), heard from 1 to 3 minutes ago.
     for k in range(NAT_SIZE):
-        wid, aid = f"nat{k}", f"nat-a{k}"
-        created = NOW - timedelta(hours=2, seconds=k)
-        writes.append(
-            wm.InsertWorker(
-                worker=wm.Worker(
-                    id=wid,
-                    ip=NAT_IP,
-                    hostname=None,
-                    created_at=created,
-                    last_seen=NOW - timedelta(seconds=60 * (k + 1)),
-                    status=wm.WorkerStatus.RUNNING,
-                    assignment_id=aid,
-                )
-            )
-        )
-        writes.append(
-            wm.InsertAssignment(
-                assignment=wm.Assignment(
-                    id=aid, status=wm.AssignmentStatus.RUNNING, worker_id=wid, started_at=created
-                )
+        writes += inserts(
+            *worker_and_assignment(
+                f"nat{k}",
+                f"nat-a{k}",
+                ip=NAT_IP,
+                hostname=None,
+                created=NOW - timedelta(hours=2, seconds=k),
+                seen=NOW - timedelta(seconds=60 * (k + 1)),
             )
         )
     repo.write(writes)
     return repo
 
 
-#: A timing: (CPU seconds, wall seconds) per call.
-Timing = tuple[float, float]
-
-
-def calibrate(fn: Callable[[], object], budget: float) -> int:
-    """How many calls of ``fn`` take about ``budget`` seconds."""
-    fn()
-    loops = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget / 4:
-            return max(1, int(loops * budget / elapsed))
-        loops *= 4
-
-
-def one_round(fn: Callable[[], object], loops: int) -> Timing:
-    """CPU and wall seconds per call of ``fn`` over ``loops`` calls."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(loops):
-        fn()
-    return (time.process_time() - cpu) / loops, (time.perf_counter() - wall) / loops
-
-
-def best(old: Timing | None, new: Timing) -> Timing:
-    """The best CPU time and the best wall time of two timings (each on its own)."""
-    if old is None:
-        return new
-    return min(old[0], new[0]), min(old[1], new[1])
-
-
 def cases(repo: wm.InMemoryWorkerRepository, n: int) -> dict[str, Callable[[], object]]:
     """The four measured calls on a fleet of ``n`` workers (see the module docstring)."""
     # A live worker in the middle of the fleet (i % 4 != 0), matched by its exact IP.
     i = (n // 2) | 1
-    hot = wm.Event.heartbeat(_ip(i), hostname=f"host-{i}")
+    hot = wm.Event.heartbeat(fleet_ip(i), hostname=f"host-{i}")
     decision = wm.match_worker(hot.identity, NOW, repo)
     assert (decision.rule, decision.worker_id) == (wm.Rule.EXACT_IP, f"w{i}"), decision.explain()
 
@@ -239,7 +179,7 @@ def session_ends(n: int) -> Iterator[wm.Event]:
     old = n - RECENT
     middle = (old // 2) - (old // 2) % 4 + 2
     for i in itertools.chain(range(middle, old, 4), range(2, middle, 4)):
-        yield wm.Event.gui_update(_ip(i), "finished")
+        yield wm.Event.gui_update(fleet_ip(i), "finished")
 
 
 def time_session_ends(
@@ -304,11 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    print(
-        f"workermatch {wm.__version__}, Python {platform.python_version()} "
-        f"({platform.python_implementation()}), {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
+    print(machine())
     table, _ = measure(sizes, args.repeat, args.budget)
 
     keys = [
@@ -333,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{k.replace('  ', ' ')} {table[large][k][0] / table[small][k][0]:.2f}x" for k in keys
         )
         print(f"\nCPU time, {large:,} vs {small:,} workers: {ratios} (target: within 1.5x)")
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     return 0
 
 

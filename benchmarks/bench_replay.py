@@ -35,14 +35,19 @@ import itertools
 import os
 import platform
 import random
+import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
 import workermatch as wm
+from _bench import load_average
+from _fleet import request_line
 from workermatch import trace
 from workermatch._cli import main as cli
 from workermatch.lab import Request, every, session_requests
@@ -76,15 +81,7 @@ def write_trace(path: Path, events: int, machines: int, seed: int = 0) -> None:
     merged = heapq.merge(*streams, key=lambda r: r.at_ms)
     with path.open("w", encoding="utf-8") as f:
         for r in itertools.islice(merged, events):
-            line = trace.line_to_dict(
-                T0 + timedelta(milliseconds=r.at_ms),
-                r.kind,
-                r.ip,
-                hostname=r.hostname,
-                assignment=r.assignment,
-                message=r.message,
-            )
-            f.write(trace.dump_json(line) + "\n")
+            f.write(trace.dump_json(request_line(T0, r)) + "\n")
 
 
 def timed(fn: object) -> tuple[float, float]:
@@ -135,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"workermatch {wm.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"{os.cpu_count()} CPUs, load average {load_average()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.jsonl"
@@ -160,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             tracemalloc.stop()
             print("\nPeak of traced memory during the replay (MB), after each tenth of the trace:")
             print("  " + ", ".join(f"{line:,}: {peak / 1e6:.1f}" for line, peak in peaks))
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     return 0
 
 

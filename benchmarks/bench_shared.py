@@ -47,13 +47,17 @@ import contextlib
 import gc
 import itertools
 import os
-import platform
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
 import workermatch as wm
+from _bench import Timing, best, calibrate, fresh_repo, load_average, machine, one_round
+from _fleet import inserts, worker_and_assignment
 
 NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
 BATCH = 2_000
@@ -84,26 +88,15 @@ def fleet(k: int, ip: str, prefix: str, *, named: bool) -> list[wm.Write]:
     for i in range(k):
         created = NOW - timedelta(hours=3) + timedelta(seconds=7_200 * i / k)
         seen = NOW - timedelta(seconds=1 + i % 29)
-        wid, aid = f"{prefix}{i}", f"{prefix}a{i}"
-        writes.append(
-            wm.InsertWorker(
-                worker=wm.Worker(
-                    id=wid,
-                    ip=ip,
-                    hostname=f"{prefix}host-{i}" if named else None,
-                    hostname_seen=seen if named else None,
-                    created_at=created,
-                    last_seen=seen,
-                    status=wm.WorkerStatus.RUNNING,
-                    assignment_id=aid,
-                )
-            )
-        )
-        writes.append(
-            wm.InsertAssignment(
-                assignment=wm.Assignment(
-                    id=aid, status=wm.AssignmentStatus.RUNNING, worker_id=wid, started_at=created
-                )
+        writes += inserts(
+            *worker_and_assignment(
+                f"{prefix}{i}",
+                f"{prefix}a{i}",
+                ip=ip,
+                hostname=f"{prefix}host-{i}" if named else None,
+                hostname_seen=seen if named else None,
+                created=created,
+                seen=seen,
             )
         )
     return writes
@@ -120,41 +113,6 @@ def build(repo: Any, sizes: list[int]) -> None:
         for start in range(0, len(writes), BATCH):
             repo.write(writes[start : start + BATCH])
         print(f"  built 3 x {k:>6,} workers in {time.perf_counter() - t:.1f} s", flush=True)
-
-
-#: A timing: (CPU seconds, wall seconds) per call.
-Timing = tuple[float, float]
-
-
-def calibrate(fn: Callable[[], object], budget: float) -> int:
-    """How many calls of ``fn`` take about ``budget`` seconds (at least one)."""
-    start = time.perf_counter()
-    fn()
-    elapsed = time.perf_counter() - start
-    if elapsed >= budget / 4:
-        return 1
-    loops = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget / 4:
-            return max(1, int(loops * budget / elapsed))
-        loops *= 4
-
-
-def one_round(fn: Callable[[], object], loops: int) -> Timing:
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(loops):
-        fn()
-    return (time.process_time() - cpu) / loops, (time.perf_counter() - wall) / loops
-
-
-def best(old: Timing | None, new: Timing) -> Timing:
-    if old is None:
-        return new
-    return min(old[0], new[0]), min(old[1], new[1])
 
 
 def cases(repo: Any, k: int, rows: dict[str, int]) -> dict[str, Callable[[], object]]:
@@ -217,13 +175,9 @@ def cases(repo: Any, k: int, rows: dict[str, int]) -> dict[str, Callable[[], obj
 def open_repo(db: str | None) -> tuple[Any, Callable[[], None]]:
     if db is None:
         return wm.InMemoryWorkerRepository(id_factory=wm.sequential_ids("new")), lambda: None
-    from workermatch.sql import DEFAULT_MAPPING, SQLWorkerRepository
+    from workermatch.sql import DEFAULT_MAPPING
 
-    repo = SQLWorkerRepository.from_url(
-        db, mapping=DEFAULT_MAPPING.with_table_prefix("bench_shared_")
-    )
-    repo.drop_schema()
-    repo.create_schema()
+    repo = fresh_repo(db, DEFAULT_MAPPING.with_table_prefix("bench_shared_"))
 
     def done() -> None:
         repo.drop_schema()
@@ -244,13 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     keys = [k for k in KEYS if k not in skip]
 
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    store = "in memory" if args.db is None else args.db.split("://")[0]
-    print(
-        f"workermatch {wm.__version__}, Python {platform.python_version()} "
-        f"({platform.python_implementation()}), {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{store}, load average {load}"
-    )
+    print(machine("in memory" if args.db is None else args.db.split("://")[0]))
     repo, done = open_repo(args.db)
     try:
         build(repo, sizes)
@@ -258,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         fns = {k: {c: f for c, f in cases(repo, k, rows[k]).items() if c in keys} for k in sizes}
         gc.collect()
         gc.freeze()
-        loops = {(k, c): calibrate(fn, args.budget) for k in sizes for c, fn in fns[k].items()}
+        loops = {
+            (k, c): calibrate(fn, args.budget, slow_once=True)
+            for k in sizes
+            for c, fn in fns[k].items()
+        }
         table: dict[int, dict[str, Timing]] = {k: {} for k in sizes}
         for _ in range(args.repeat):
             for k in sizes:
@@ -284,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         small, large = sizes[0], sizes[-1]
         ratios = ", ".join(f"{c} {table[large][c][0] / table[small][c][0]:.1f}x" for c in keys)
         print(f"\nCPU time, k = {large:,} against k = {small:,}: {ratios}")
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     return 0
 
 

@@ -28,8 +28,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
+from _bench import fresh_repo, load_average
 from _skew import run_fleet
-from workermatch.sql import DEFAULT_MAPPING, SQLWorkerRepository
+from workermatch.sql import DEFAULT_MAPPING
 
 
 def main() -> None:
@@ -40,12 +41,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
-    repo = SQLWorkerRepository.from_url(
-        args.db, mapping=DEFAULT_MAPPING.with_table_prefix("benchs_")
-    )
-    repo.drop_schema()
-    repo.create_schema()
-    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    repo = fresh_repo(args.db, DEFAULT_MAPPING.with_table_prefix("benchs_"))
+    print(f"load average before: {load_average()}")
     print()
     columns = ["database", "mode", "scale", "skew", "requests", "errors", "split sessions"]
     columns += ["mixed workers", "wall"]
@@ -72,7 +69,7 @@ def main() -> None:
         repo.drop_schema()
         repo.close()
     print()
-    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -80,9 +80,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
 import sqlalchemy as sa
 
 import workermatch as wm
+from _bench import fleet_ip, fresh_repo, load_average
+from _fleet import worker_and_assignment
 from workermatch.sql import DEFAULT_MAPPING, SQLWorkerRepository
 
 NOW = datetime(2025, 11, 6, 12, 0, 0, tzinfo=timezone.utc)
@@ -91,10 +95,6 @@ RECENT = 10
 MAPPING = DEFAULT_MAPPING.with_table_prefix("bench_")
 NOTE_WORKERS = "bench_note_workers"
 NOTE_ASSIGNMENTS = "bench_note_assignments"
-
-
-def _ip(i: int) -> str:
-    return str(ipaddress.IPv4Address(0x0A000000 + i))  # 10.0.0.0 onwards
 
 
 def _new_machine(rnd: random.Random) -> tuple[str, str]:
@@ -129,11 +129,9 @@ def _note_tables(lib: Any) -> tuple[sa.Table, sa.Table]:
 
 
 def build(url: str, n: int) -> None:
-    repo = SQLWorkerRepository.from_url(url, mapping=MAPPING)
-    repo.drop_schema()
+    repo = fresh_repo(url, MAPPING)
     note_w, note_a = _note_tables(repo.tables)
     note_w.metadata.drop_all(repo.engine)
-    repo.create_schema()
     note_w.metadata.create_all(repo.engine)
     t = repo.tables
     workers: list[dict[str, Any]] = []
@@ -148,21 +146,17 @@ def build(url: str, n: int) -> None:
             seen = NOW - timedelta(seconds=rnd.randrange(240))
         else:
             seen = NOW - timedelta(hours=1)
-        running = recent or i % 2 == 1
-        w = wm.Worker(
-            id=f"w{i}",
-            ip=_ip(i),
+        w, a = worker_and_assignment(
+            f"w{i}",
+            f"a{i}",
+            ip=fleet_ip(i),
             hostname=f"host-{i}",
-            created_at=created,
-            last_seen=seen,
-            status=wm.WorkerStatus.RUNNING if running else wm.WorkerStatus.IDLE,
-            assignment_id=f"a{i}" if running else None,
+            created=created,
+            seen=seen,
+            running=recent or i % 2 == 1,
         )
         workers.append(repo._worker_values(w))
-        if running:
-            a = wm.Assignment(
-                id=f"a{i}", status=wm.AssignmentStatus.RUNNING, worker_id=w.id, started_at=created
-            )
+        if a is not None:
             assignments.append(repo._assignment_values(a))
     # Insert in creation order (oldest first), as a live table grows: the live workers a
     # sequential scan looks for sit at the end of the heap.
@@ -331,6 +325,22 @@ class FloorTx(Floor):
     transaction = True
 
 
+def _insert_idle(
+    workers: sa.Table, worker_id: str, ip: str, hostname: str, now: datetime
+) -> sa.Insert:
+    """SQLAlchemy Core's ``INSERT`` of a new IDLE worker first seen ``now`` (``core`` and
+    ``note``, where nothing matched)."""
+    return sa.insert(workers).values(
+        id=worker_id,
+        ip=ip,
+        hostname=hostname,
+        created_at=now,
+        last_seen=now,
+        status="IDLE",
+        stale=False,
+    )
+
+
 class Core:
     """The floor's statement rebuilt with SQLAlchemy Core and run in ``engine.begin()`` on every
     call (the comparison this benchmark used to call "bare")."""
@@ -355,15 +365,7 @@ class Core:
                 found = conn.execute(stmt).rowcount > 0
             if not found:
                 conn.execute(
-                    sa.insert(self.w).values(
-                        id=f"b{self.client}-{os.urandom(6).hex()}",
-                        ip=ip,
-                        hostname=hostname,
-                        created_at=now,
-                        last_seen=now,
-                        status="IDLE",
-                        stale=False,
-                    )
+                    _insert_idle(self.w, f"b{self.client}-{os.urandom(6).hex()}", ip, hostname, now)
                 )
 
     def close(self) -> None:
@@ -418,17 +420,7 @@ class Note:
                 return
             # Priority 4: create, and transfer from stale same-IP-or-hostname workers
             new_id = f"n{self.client}-{os.urandom(6).hex()}"
-            conn.execute(
-                sa.insert(self.w).values(
-                    id=new_id,
-                    ip=ip,
-                    hostname=hostname,
-                    created_at=now,
-                    last_seen=now,
-                    status="IDLE",
-                    stale=False,
-                )
-            )
+            conn.execute(_insert_idle(self.w, new_id, ip, hostname, now))
             stale = [
                 r[0]
                 for r in conn.execute(
@@ -515,7 +507,7 @@ def client(
     for k in range(8):
         if path == "hot":
             i = hot[-1 - k]
-            runner.heartbeat(_ip(i), f"host-{i}", NOW)
+            runner.heartbeat(fleet_ip(i), f"host-{i}", NOW)
         else:
             ip, hostname = _new_machine(rnd)
             runner.heartbeat(ip, hostname, NOW)
@@ -534,7 +526,7 @@ def client(
         try:
             if path == "hot":
                 i = hot[done % len(hot)]
-                runner.heartbeat(_ip(i), f"host-{i}", now)
+                runner.heartbeat(fleet_ip(i), f"host-{i}", now)
             else:
                 ip, hostname = _new_machine(rnd)
                 runner.heartbeat(ip, hostname, now)
@@ -613,9 +605,9 @@ def explain(url: str) -> None:
 
     sa.event.listen(repo.engine, "before_cursor_execute", before)
     cases = [
-        ("hot heartbeat (rule 2, exact IP)", wm.Event.heartbeat(_ip(7), hostname="host-7")),
+        ("hot heartbeat (rule 2, exact IP)", wm.Event.heartbeat(fleet_ip(7), hostname="host-7")),
         ("new machine (rules 2-4, transfer search)", wm.Event.heartbeat("12.0.0.1", hostname="x")),
-        ("claim (assignment, holder)", wm.Event.claim(_ip(9), "a9")),
+        ("claim (assignment, holder)", wm.Event.claim(fleet_ip(9), "a9")),
     ]
     for name, event in cases:
         label[0] = name
@@ -718,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# python {platform.python_version()}, {os.cpu_count()} cpus, "
         f"workermatch {wm.__version__}, sqlalchemy {sa.__version__}, {_server_version(url)}"
     )
-    print(f"# load before: {_load()}")
+    print(f"# load before: {load_average(', ')}")
     t = time.monotonic()
     build(url, args.workers)
     print(f"# built {args.workers} workers in {time.monotonic() - t:.1f} s")
@@ -748,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             drop(url)
-    print(f"# load after: {_load()}")
+    print(f"# load after: {load_average(', ')}")
     print()
     print(
         "| path | clients | implementation | decisions/s | client CPU (µs) | server CPU (µs) "
@@ -783,10 +775,6 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 print(f"| {path} | {n} | " + " | ".join(cells) + " |")
     return 0
-
-
-def _load() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _server_version(url: str) -> str:

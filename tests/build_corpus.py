@@ -20,10 +20,11 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import workermatch as wm
+from _fleet import request_line
 from workermatch import lab, trace
 
 CORPUS = Path(__file__).resolve().parent.parent / "src" / "workermatch" / "corpus"
@@ -88,16 +89,7 @@ class Scenario:
         for order, s in enumerate(self.sessions):
             truth = {"machine": s.machine, "session": s.session}
             for r in s.requests():
-                line = trace.line_to_dict(
-                    T0 + timedelta(milliseconds=r.at_ms),
-                    r.kind,
-                    r.ip,
-                    hostname=r.hostname,
-                    assignment=r.assignment,
-                    message=r.message,
-                    truth=truth,
-                )
-                timed.append((r.at_ms, order, line))
+                timed.append((r.at_ms, order, request_line(T0, r, truth)))
         timed.sort(key=lambda item: (item[0], item[1]))
         return [trace.dump_json(line) for _, _, line in timed]
 

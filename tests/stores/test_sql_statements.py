@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import workermatch as wm
+from _fleet import worker_and_assignment
 from _stores import SQL_STORE_IDS, StoreFactory
 from _times import T0
 from workermatch.sql import SQLWorkerRepository
@@ -347,22 +348,17 @@ def test_no_rule_query_is_left_to_a_generic_plan_that_scans_on_postgresql(
     t = repo.tables
     workers, assignments = [], []
     for i in range(2000):
-        created = T0 - timedelta(hours=1 + i / 100)
-        running = i % 2 == 1
-        w = wm.Worker(
-            id=f"w{i}",
+        w, a = worker_and_assignment(
+            f"w{i}",
+            f"a{i}",
             ip=f"10.1.{i // 250}.{i % 250}",
             hostname=f"host-{i}",
-            created_at=created,
-            last_seen=T0 - timedelta(seconds=i % 600),
-            status=wm.WorkerStatus.RUNNING if running else wm.WorkerStatus.IDLE,
-            assignment_id=f"a{i}" if running else None,
+            created=T0 - timedelta(hours=1 + i / 100),
+            seen=T0 - timedelta(seconds=i % 600),
+            running=i % 2 == 1,
         )
         workers.append(repo._worker_values(w))
-        if running:
-            a = wm.Assignment(
-                id=f"a{i}", status=wm.AssignmentStatus.RUNNING, worker_id=w.id, started_at=created
-            )
+        if a is not None:
             assignments.append(repo._assignment_values(a))
     with repo.engine.begin() as conn:
         conn.execute(sa.insert(t.workers), workers)
