@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
@@ -29,23 +28,23 @@ from .._observe import applying, retried
 from .._protocol import Write
 from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
-    RUNNING_LOCK,
-    Core,
     NeedsLock,
+    RepositoryBase,
+    Runs,
     Unit,
     cause_of,
+    check_backend,
     configure_engine,
     current_unit,
     entered,
     parse_url,
     sqlite_wal,
+    wrong_type,
 )
 from ._core import (
     engine_options as build_engine_options,
 )
 from ._mapping import DEFAULT_MAPPING, TableMapping
-from ._repository import _uuid_ids, check_backend, check_settings
-from ._tables import Tables
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -81,7 +80,7 @@ def _async_types() -> tuple[type[Any], type[Any], type[Any]]:
     return AsyncEngine, AsyncConnection, AsyncSession
 
 
-class AsyncSQLWorkerRepository:
+class AsyncSQLWorkerRepository(RepositoryBase):
     """An :class:`~workermatch.aio.AsyncWorkerRepository` in a SQL database (SQLite through
     aiosqlite, PostgreSQL through asyncpg, MariaDB / MySQL through aiomysql).
 
@@ -93,6 +92,8 @@ class AsyncSQLWorkerRepository:
     tasks.
     """
 
+    _name = "AsyncSQLWorkerRepository"
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -103,27 +104,16 @@ class AsyncSQLWorkerRepository:
     ) -> None:
         async_engine, _, _ = _async_types()
         if not isinstance(engine, async_engine):
-            hint = (
-                ": use workermatch.sql.SQLWorkerRepository for a synchronous Engine"
-                if type(engine).__name__ in ("Engine", "OptionEngine")
-                else ""
-            )
-            raise InvalidInput(
-                f"engine must be a SQLAlchemy AsyncEngine, not {type(engine).__name__}{hint}",
-                field="engine",
-                value=engine,
+            raise wrong_type(
+                engine,
+                "engine",
+                "engine must be a SQLAlchemy AsyncEngine",
+                ": use workermatch.sql.SQLWorkerRepository for a synchronous Engine",
+                ("Engine", "OptionEngine"),
             )
         sync_engine = engine.sync_engine
         check_backend(sync_engine.dialect, engine, "engine")
-        check_settings(mapping, retry)
-        self._own_engine = False
-        self.retry = retry
-        self._retries = 0
-        self._reruns = 0
-        self.mapping = mapping
-        self._core = Core(sync_engine.dialect, mapping, id_factory or _uuid_ids)
-        self._core.lock_space = str(sync_engine.url.database or "")
-        self._backend = self._core.backend
+        self._setup(sync_engine.dialect, sync_engine.url.database, mapping, id_factory, retry)
         # SQLite: the tasks of this process queue here (BEGIN IMMEDIATE keeps other processes
         # out); made on first use, in the loop that uses it.
         self._local_lock: asyncio.Lock | None = None
@@ -131,20 +121,6 @@ class AsyncSQLWorkerRepository:
         self.engine: AsyncEngine = (
             engine if configured is sync_engine else engine.execution_options(**_serializable())
         )
-        self._binding: Any = None
-
-    @property
-    def retries(self) -> int:
-        """How many times a unit was rolled back and run again after a conflict: a figure for
-        monitoring; it never affects results."""
-        return self._retries
-
-    @property
-    def reruns(self) -> int:
-        """How many times a unit was run again from the start to take the lock of the recent
-        running workers, as :attr:`SQLWorkerRepository.reruns
-        <workermatch.sql.SQLWorkerRepository.reruns>` counts."""
-        return self._reruns
 
     @classmethod
     def from_url(
@@ -194,16 +170,6 @@ class AsyncSQLWorkerRepository:
         repo._own_engine = True
         return repo
 
-    def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
-        bound = " bound to the caller's transaction" if self._binding is not None else ""
-        return f"<AsyncSQLWorkerRepository {url} workers={self.mapping.workers_table!r}{bound}>"
-
-    @property
-    def tables(self) -> Tables:
-        """The SQLAlchemy tables and indexes the repository uses."""
-        return self._core.t
-
     # -- the caller's transaction ----------------------------------------------------------------
 
     def bound(self, connection: Any) -> AsyncSQLWorkerRepository:
@@ -217,31 +183,14 @@ class AsyncSQLWorkerRepository:
         if isinstance(connection, async_connection):
             self._check_dialect(connection.sync_engine.dialect, connection)
         elif not isinstance(connection, async_session):
-            name = type(connection).__name__
-            hint = (
-                ": use SQLWorkerRepository.bound for synchronous connections"
-                if name in ("Connection", "Session")
-                else ""
+            raise wrong_type(
+                connection,
+                "connection",
+                "bound() takes a SQLAlchemy AsyncConnection or AsyncSession",
+                ": use SQLWorkerRepository.bound for synchronous connections",
+                ("Connection", "Session"),
             )
-            raise InvalidInput(
-                f"bound() takes a SQLAlchemy AsyncConnection or AsyncSession, not {name}{hint}",
-                field="connection",
-                value=connection,
-            )
-        repo = copy.copy(self)
-        repo._own_engine = False
-        repo._binding = connection
-        return repo
-
-    def _check_dialect(self, dialect: Any, connection: object) -> None:
-        mine = self.engine.sync_engine.dialect
-        if (dialect.name, dialect.driver) != (mine.name, mine.driver):
-            raise InvalidInput(
-                f"the connection uses {dialect.name}+{dialect.driver}, the repository "
-                f"{mine.name}+{mine.driver}: bind a connection of the repository's kind",
-                field="connection",
-                value=connection,
-            )
+        return self._bound_to(connection)
 
     async def _caller_connection(self) -> Any:
         binding = self._binding
@@ -264,10 +213,8 @@ class AsyncSQLWorkerRepository:
             with entered(self, _unit_of(conn)):
                 return await fn()
         except BaseException as exc:
-            failure = self._core.caller_failure(exc)
-            if failure is None or failure.error is None:
-                raise
-            raise failure.error from failure.cause
+            self._core.raise_caller_failure(exc)
+            raise
 
     # -- schema ----------------------------------------------------------------------------------
 
@@ -361,24 +308,13 @@ class AsyncSQLWorkerRepository:
     async def stale_running_workers(
         self, ip: str, hostname: str | None, seen_before: datetime
     ) -> Sequence[Worker]:
-        if hostname is None:
-            return await self._workers(
-                "reading stale running workers", "stale_ip", {"ip": ip, "before": seen_before}
-            )
-        return await self._workers(
-            "reading stale running workers",
-            "stale_ip_host",
-            {"ip": ip, "host": hostname, "before": seen_before},
-        )
+        query, params = self._core.stale_query(ip, hostname, seen_before)
+        return await self._workers("reading stale running workers", query, params)
 
     async def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
-        storable = self._core.t.storable_worker_id
-        ids = [i for i in dict.fromkeys(worker_ids) if storable(i)]
-        cached = self._core.cached_running(current_unit(self), ids)
-        if cached is not None:
-            return cached
-        if not ids:
-            return []
+        ids, known = self._core.running_lookup(current_unit(self), worker_ids)
+        if known is not None:
+            return known
         return await self._read(
             "reading running assignments",
             lambda unit: self._core.running_assignments_of(unit, ids),
@@ -396,9 +332,6 @@ class AsyncSQLWorkerRepository:
         return await self._read("reading all assignments", self._core.all_assignments)
 
     # -- writes ----------------------------------------------------------------------------------
-
-    def new_worker_id(self) -> str:
-        return self._core.id_factory()
 
     async def write(self, writes: Iterable[Write]) -> None:
         ops = list(writes)
@@ -418,18 +351,12 @@ class AsyncSQLWorkerRepository:
             return await fn()
         if self._binding is not None:
             return await self._caller_unit(fn)
-        policy = self.retry
         core = self._core
-        # The request locks, as in SQLWorkerRepository.atomically.
-        wanted = core.lock_names(applying())
-        names: frozenset[str] | None = None
-        if wanted is not None:
-            names = wanted if RUNNING_LOCK in wanted else frozenset()
         async with self._locked():
-            started = policy.clock()
-            attempt = 0
+            # The runs and request locks, as in SQLWorkerRepository.atomically.
+            runs = Runs(core, self.retry, applying())
             while True:
-                attempt += 1
+                attempt = runs.start()
                 try:
                     conn = await self.engine.connect()
                 except SQLAlchemyError as exc:
@@ -439,10 +366,10 @@ class AsyncSQLWorkerRepository:
                 try:
                     committing = False
                     try:
-                        if names:
+                        if runs.locks:
                             locked = True
-                            await conn.run_sync(core.acquire, names)
-                        with entered(self, _unit_of(conn, names)):
+                            await conn.run_sync(core.acquire, runs.locks)
+                        with entered(self, _unit_of(conn, runs.locks)):
                             await conn.begin()
                             result = await fn()
                             committing = True
@@ -455,20 +382,12 @@ class AsyncSQLWorkerRepository:
                         except Exception:
                             with contextlib.suppress(Exception):
                                 await conn.rollback()
-                        assert names is not None
-                        assert wanted is not None
-                        names = names | wanted | {RUNNING_LOCK}
+                        runs.needs_lock()
                         rerun = True
                     except BaseException as exc:
                         with contextlib.suppress(Exception):
                             await conn.rollback()
-                        failure = core.failure(
-                            exc,
-                            committing=committing,
-                            attempt=attempt,
-                            started=started,
-                            policy=policy,
-                        )
+                        failure = runs.failure(exc, committing=committing)
                         if failure is None:
                             raise  # fn's own exception, or a StorageError of the library's
                         if failure.error is not None:
@@ -480,7 +399,7 @@ class AsyncSQLWorkerRepository:
                 finally:
                     if locked:
                         try:
-                            await conn.run_sync(core.release, names or frozenset())
+                            await conn.run_sync(core.release, runs.locks or frozenset())
                         except Exception:
                             # The server gives a session's locks back when it ends.
                             with contextlib.suppress(Exception):
@@ -488,17 +407,14 @@ class AsyncSQLWorkerRepository:
                     with contextlib.suppress(Exception):
                         await conn.close()
                 if rerun:
-                    attempt -= 1
                     self._reruns += 1
                     continue
-                # A conflict: the connection is back in the pool while we wait; the next run
-                # takes the request's locks.
+                # A conflict: the connection is back in the pool while we wait.
                 assert pause is not None
-                if names is not None and wanted is not None:
-                    names = names | wanted
+                runs.conflicted()
                 self._retries += 1
                 retried(self._backend)
-                await _pause(policy, pause)
+                await _pause(runs.policy, pause)
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """What the synchronous and the asyncio SQL repositories share: the statements, the row
-conversion, the schema work, the classification of failures, and the unit in progress.
+conversion, the schema work, the classification of failures, the unit in progress, the
+bookkeeping of a unit's runs (:class:`Runs`) and the repositories' state and checks, none of
+them I/O (:class:`RepositoryBase`).
 
 Everything here runs on a synchronous SQLAlchemy :class:`~sqlalchemy.engine.Connection`: the
 synchronous repository calls it directly, the asyncio one inside
@@ -16,6 +18,7 @@ asyncio task, sees its own.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import re
@@ -23,7 +26,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -35,7 +38,7 @@ from .._errors import InvalidInput, StorageError, TransientStorageError
 from .._model import Assignment, AssignmentStatus, Event, EventKind, Worker, WorkerStatus
 from .._observe import gave_up
 from .._protocol import InsertAssignment, InsertWorker, UpdateAssignment, UpdateWorker, Write
-from .._retry import PG_CONFLICT, PG_TRANSIENT, RetryPolicy
+from .._retry import PG_CONFLICT, PG_TRANSIENT, RetryPolicy, check_retry
 from ._check import library_indexes_present, missing_indexes, schema_defects
 from ._mapping import TableMapping
 from ._tables import Tables, build_tables, changed_fields
@@ -298,17 +301,32 @@ class Core:
         cache.update(running)
         return list(workers.values())
 
+    @staticmethod
+    def stale_query(
+        ip: str, hostname: str | None, seen_before: datetime
+    ) -> tuple[str, dict[str, Any]]:
+        """The query of :meth:`workers` and its parameters for
+        ``stale_running_workers(ip, hostname, seen_before)``."""
+        if hostname is None:
+            return "stale_ip", {"ip": ip, "before": seen_before}
+        return "stale_ip_host", {"ip": ip, "host": hostname, "before": seen_before}
+
     def get_assignment(self, unit: Unit, assignment_id: str) -> Assignment | None:
         rows = self.raw(unit, self._r_assignment, {"aid": assignment_id})
         return self.assignment(rows[0], unit) if rows else None
 
-    @staticmethod
-    def cached_running(unit: Unit | None, ids: list[str]) -> list[Assignment] | None:
-        """The RUNNING assignments of ``ids`` when the unit's queries fetched them all."""
+    def running_lookup(
+        self, unit: Unit | None, worker_ids: Collection[str]
+    ) -> tuple[list[str], list[Assignment] | None]:
+        """For ``running_assignments_of(worker_ids)``: the ids a row can hold, each once, and
+        the answer when it needs no query (the RUNNING assignments of those ids, when the
+        unit's queries fetched them all; none, for no ids), else ``None``."""
+        storable = self.t.storable_worker_id
+        ids = [i for i in dict.fromkeys(worker_ids) if storable(i)]
         cache = None if unit is None else unit.running
         if cache is not None and all(i in cache for i in ids):
-            return [a for i in ids for a in cache[i]]
-        return None
+            return ids, [a for i in ids for a in cache[i]]
+        return ids, (None if ids else [])
 
     def running_assignments_of(self, unit: Unit, ids: Collection[str]) -> list[Assignment]:
         rows = unit.conn.execute(self._q_running_of, {"ids": list(ids)})
@@ -827,6 +845,13 @@ class Core:
             ),
         )
 
+    def raise_caller_failure(self, exc: BaseException) -> None:
+        """Raise what :meth:`caller_failure` says for ``exc``; return when ``exc`` goes
+        through unchanged (the caller then re-raises it)."""
+        failure = self.caller_failure(exc)
+        if failure is not None and failure.error is not None:
+            raise failure.error from failure.cause
+
     def _build_statements(self) -> None:
         """Every statement, built once with bound parameters (SQLAlchemy then compiles each
         once per dialect and reuses it)."""
@@ -1041,6 +1066,176 @@ class Core:
         else:
             stmt, cols = self._upd_assignment, self.t.a
         return Raw(stmt, self.dialect, [cols[f].name for f in fields])
+
+
+class Runs:
+    """The runs of one unit by a repository's ``atomically``, counted the same way by both
+    repositories: the attempt in progress, the request locks the next run takes
+    (docs/stores.md, "Contention"), and what to do after a run failed.  The repositories'
+    loops do the I/O (connecting, locking, committing, waiting), each its own way.
+
+    Made once the unit may begin (after the repository's local lock): the retry policy's
+    time counts from then."""
+
+    __slots__ = ("attempt", "core", "locks", "policy", "started", "wanted")
+
+    def __init__(self, core: Core, policy: RetryPolicy, event: Event | None) -> None:
+        self.core = core
+        self.policy = policy
+        # The request locks: taken before the unit begins and given back after it ends, by a
+        # claim from the start, by any other request once it finds it reads the recent
+        # running workers or after a conflict.  ``locks`` is None when the unit takes none.
+        self.wanted = core.lock_names(event)
+        self.locks: frozenset[str] | None = None
+        if self.wanted is not None:
+            self.locks = self.wanted if RUNNING_LOCK in self.wanted else frozenset()
+        self.started = policy.clock()
+        self.attempt = 0
+
+    def start(self) -> int:
+        """Count the run about to start: its attempt, from 1."""
+        self.attempt += 1
+        return self.attempt
+
+    def needs_lock(self) -> None:
+        """The run stopped at :class:`NeedsLock`, nothing written: the next one runs from the
+        start holding the request's own locks and :data:`RUNNING_LOCK`, and is not another
+        attempt."""
+        assert self.locks is not None
+        assert self.wanted is not None
+        self.locks = self.locks | self.wanted | {RUNNING_LOCK}
+        self.attempt -= 1
+
+    def failure(self, exc: BaseException, *, committing: bool) -> Failure | None:
+        """:meth:`Core.failure` for the run in progress, which raised ``exc`` (rolled back)."""
+        return self.core.failure(
+            exc,
+            committing=committing,
+            attempt=self.attempt,
+            started=self.started,
+            policy=self.policy,
+        )
+
+    def conflicted(self) -> None:
+        """The run ended in a conflict (its locks given back): the next one takes the
+        request's locks."""
+        if self.locks is not None and self.wanted is not None:
+            self.locks = self.locks | self.wanted
+
+
+def uuid_ids() -> str:
+    """A new worker id: a random UUID (the repositories' default ``id_factory``)."""
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def check_settings(mapping: object, retry: object) -> None:
+    """Refuse a mapping or retry policy of the wrong type (both repositories)."""
+    if not isinstance(mapping, TableMapping):
+        raise InvalidInput(
+            f"mapping must be a TableMapping, not {type(mapping).__name__}",
+            field="mapping",
+            value=mapping,
+        )
+    check_retry(retry)
+
+
+def check_backend(dialect: sa.Dialect, value: object, field: str) -> None:
+    if dialect.name not in BACKENDS:
+        raise InvalidInput(f"unsupported database {dialect.name!r}", field=field, value=value)
+
+
+def wrong_type(
+    value: object, field: str, expected: str, hint: str, hint_for: Collection[str]
+) -> InvalidInput:
+    """The error for ``value`` given as ``field``, which is not what ``expected`` says: the
+    message ends with ``hint`` (which repository to use instead) when ``value``'s class is one
+    of ``hint_for``, the other repository's."""
+    name = type(value).__name__
+    return InvalidInput(
+        f"{expected}, not {name}{hint if name in hint_for else ''}", field=field, value=value
+    )
+
+
+R = TypeVar("R", bound="RepositoryBase")
+
+
+class RepositoryBase:
+    """What the synchronous and the asyncio SQL repositories hold and do alike, none of it
+    I/O: their settings and figures, their tables and ``repr``, and the checks and copy of
+    ``bound``.  Each subclass sets :attr:`engine` and obtains connections its own way."""
+
+    #: The class's name in the ``repr``.
+    _name: ClassVar[str]
+    engine: Any
+
+    def _setup(
+        self,
+        dialect: sa.Dialect,
+        database: str | None,
+        mapping: TableMapping,
+        id_factory: Callable[[], str] | None,
+        retry: RetryPolicy,
+    ) -> None:
+        """Check ``mapping`` and ``retry`` and set up the shared state, for the engine's
+        ``dialect`` and ``database`` (its name: the request locks' space)."""
+        check_settings(mapping, retry)
+        self._own_engine = False
+        self.retry = retry
+        self._retries = 0
+        self._reruns = 0
+        self.mapping = mapping
+        self._core = Core(dialect, mapping, id_factory or uuid_ids)
+        self._backend = self._core.backend
+        self._core.lock_space = str(database or "")
+        self._binding: Any = None
+
+    @property
+    def retries(self) -> int:
+        """How many times a unit was rolled back and run again after a conflict (serialisation
+        failure, deadlock, lock timeout, locked SQLite database): a figure for monitoring; it
+        never affects results."""
+        return self._retries
+
+    @property
+    def reruns(self) -> int:
+        """How many times a unit was run again from the start because it found it would read
+        the recent running workers (rule 3) without holding their lock (docs/stores.md,
+        "Contention"): not a conflict, nothing another unit wrote was in its way; a figure
+        for monitoring."""
+        return self._reruns
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        bound = " bound to the caller's transaction" if self._binding is not None else ""
+        return f"<{self._name} {url} workers={self.mapping.workers_table!r}{bound}>"
+
+    @property
+    def tables(self) -> Tables:
+        """The SQLAlchemy tables and indexes the repository uses."""
+        return self._core.t
+
+    def new_worker_id(self) -> str:
+        return self._core.id_factory()
+
+    def _check_dialect(self, dialect: sa.Dialect, connection: object) -> None:
+        """Refuse a caller's ``connection`` whose database or driver is not the engine's."""
+        mine = self._core.dialect
+        if (dialect.name, dialect.driver) != (mine.name, mine.driver):
+            raise InvalidInput(
+                f"the connection uses {dialect.name}+{dialect.driver}, the repository "
+                f"{mine.name}+{mine.driver}: bind a connection of the repository's kind",
+                field="connection",
+                value=connection,
+            )
+
+    def _bound_to(self: R, connection: Any) -> R:
+        """A copy of this repository running its units on the caller's ``connection``."""
+        repo = copy.copy(self)
+        repo._own_engine = False
+        repo._binding = connection
+        return repo
 
 
 class _SQLiteHintingCompiler(SQLiteCompiler):

@@ -24,7 +24,6 @@ The statements, the row conversion and the schema work are shared with the async
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -43,17 +42,17 @@ from .._model import Assignment, Event, Worker, check_id
 from .._observe import applying, retried
 from .._policy import Policy
 from .._protocol import Write
-from .._retry import DEFAULT_RETRY, RetryPolicy, check_retry
+from .._retry import DEFAULT_RETRY, RetryPolicy
 from ._core import (
-    BACKENDS,
     CONFLICT,
-    RUNNING_LOCK,
     SQLITE_BUSY_TIMEOUT,
-    Core,
     NeedsLock,
+    RepositoryBase,
+    Runs,
     Unit,
     _autocommit,
     cause_of,
+    check_backend,
     configure_engine,
     current_unit,
     end_unwritten,
@@ -62,12 +61,12 @@ from ._core import (
     parse_url,
     quiet_rollback,
     sqlite_wal,
+    wrong_type,
 )
 from ._core import (
     engine_options as build_engine_options,
 )
 from ._mapping import DEFAULT_MAPPING, TableMapping
-from ._tables import Tables
 
 __all__ = ["SQLITE_BUSY_TIMEOUT", "SQLWorkerRepository", "normalize_url"]
 
@@ -125,29 +124,7 @@ def normalize_url(url: str | URL) -> URL:
     return parse_url(url, _PLAIN_DRIVERS)
 
 
-def _uuid_ids() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
-
-
-def check_settings(mapping: object, retry: object) -> None:
-    """Refuse a mapping or retry policy of the wrong type (both repositories)."""
-    if not isinstance(mapping, TableMapping):
-        raise InvalidInput(
-            f"mapping must be a TableMapping, not {type(mapping).__name__}",
-            field="mapping",
-            value=mapping,
-        )
-    check_retry(retry)
-
-
-def check_backend(dialect: sa.Dialect, value: object, field: str) -> None:
-    if dialect.name not in BACKENDS:
-        raise InvalidInput(f"unsupported database {dialect.name!r}", field=field, value=value)
-
-
-class SQLWorkerRepository:
+class SQLWorkerRepository(RepositoryBase):
     """A :class:`~workermatch.WorkerRepository` in a SQL database (SQLite, PostgreSQL, MariaDB).
 
     ``engine`` is a SQLAlchemy engine (see :meth:`from_url` to make one from a URL);
@@ -158,6 +135,9 @@ class SQLWorkerRepository:
     :class:`~workermatch.sql.AsyncSQLWorkerRepository`.
     """
 
+    _name = "SQLWorkerRepository"
+    engine: Engine
+
     def __init__(
         self,
         engine: Engine,
@@ -167,15 +147,12 @@ class SQLWorkerRepository:
         retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         if not isinstance(engine, Engine):
-            hint = (
-                ": use workermatch.sql.AsyncSQLWorkerRepository for an AsyncEngine"
-                if type(engine).__name__ == "AsyncEngine"
-                else ""
-            )
-            raise InvalidInput(
-                f"engine must be a SQLAlchemy Engine, not {type(engine).__name__}{hint}",
-                field="engine",
-                value=engine,
+            raise wrong_type(
+                engine,
+                "engine",
+                "engine must be a SQLAlchemy Engine",
+                ": use workermatch.sql.AsyncSQLWorkerRepository for an AsyncEngine",
+                ("AsyncEngine",),
             )
         check_backend(engine.dialect, engine, "engine")
         if engine.dialect.is_async:
@@ -185,41 +162,17 @@ class SQLWorkerRepository:
                 field="engine",
                 value=engine,
             )
-        check_settings(mapping, retry)
-        self._own_engine = False
-        self.retry = retry
-        self._retries = 0
-        self._reruns = 0
+        self._setup(engine.dialect, engine.url.database, mapping, id_factory, retry)
         self._retries_lock = threading.Lock()
-        self.mapping = mapping
-        self._core = Core(engine.dialect, mapping, id_factory or _uuid_ids)
-        self._backend = self._core.backend
-        self._core.lock_space = str(engine.url.database or "")
         # SQLite: one writer at a time anyway; threads of this process queue here instead of
         # spinning on SQLITE_BUSY (BEGIN IMMEDIATE keeps other processes out).
         self._local_lock: threading.RLock | None = (
             threading.RLock() if self._backend == "sqlite" else None
         )
         self.engine = configure_engine(engine)
-        self._binding: Any = None
         #: Whether hot requests may be decided in one statement (docs/stores.md, "The hot
         #: request"); the tests turn it off to compare with the full path.
         self._hot_path = True
-
-    @property
-    def retries(self) -> int:
-        """How many times a unit was rolled back and run again after a conflict (serialisation
-        failure, deadlock, lock timeout, locked SQLite database): a figure for monitoring; it
-        never affects results."""
-        return self._retries
-
-    @property
-    def reruns(self) -> int:
-        """How many times a unit was run again from the start because it found it would read
-        the recent running workers (rule 3) without holding their lock (docs/stores.md,
-        "Contention"): not a conflict, nothing another unit wrote was in its way; a figure
-        for monitoring."""
-        return self._reruns
 
     @classmethod
     def from_url(
@@ -271,16 +224,6 @@ class SQLWorkerRepository:
             event.listen(engine, "connect", _serializable_session)
         return repo
 
-    def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
-        bound = " bound to the caller's transaction" if self._binding is not None else ""
-        return f"<SQLWorkerRepository {url} workers={self.mapping.workers_table!r}{bound}>"
-
-    @property
-    def tables(self) -> Tables:
-        """The SQLAlchemy tables and indexes the repository uses."""
-        return self._core.t
-
     # -- the caller's transaction ----------------------------------------------------------------
 
     def bound(self, connection: Any) -> SQLWorkerRepository:
@@ -304,31 +247,14 @@ class SQLWorkerRepository:
         if isinstance(connection, Connection):
             self._check_dialect(connection.dialect, connection)
         elif not isinstance(connection, Session):
-            name = type(connection).__name__
-            hint = (
-                ": use AsyncSQLWorkerRepository.bound for asyncio connections"
-                if name in ("AsyncConnection", "AsyncSession")
-                else ""
+            raise wrong_type(
+                connection,
+                "connection",
+                "bound() takes a SQLAlchemy Connection or Session",
+                ": use AsyncSQLWorkerRepository.bound for asyncio connections",
+                ("AsyncConnection", "AsyncSession"),
             )
-            raise InvalidInput(
-                f"bound() takes a SQLAlchemy Connection or Session, not {name}{hint}",
-                field="connection",
-                value=connection,
-            )
-        repo = copy.copy(self)
-        repo._own_engine = False
-        repo._binding = connection
-        return repo
-
-    def _check_dialect(self, dialect: sa.Dialect, connection: object) -> None:
-        mine = self.engine.dialect
-        if (dialect.name, dialect.driver) != (mine.name, mine.driver):
-            raise InvalidInput(
-                f"the connection uses {dialect.name}+{dialect.driver}, the repository "
-                f"{mine.name}+{mine.driver}: bind a connection of the repository's kind",
-                field="connection",
-                value=connection,
-            )
+        return self._bound_to(connection)
 
     def _caller_connection(self) -> Connection:
         binding = self._binding
@@ -348,10 +274,8 @@ class SQLWorkerRepository:
             with entered(self, Unit(conn)):
                 return fn()
         except BaseException as exc:
-            failure = self._core.caller_failure(exc)
-            if failure is None or failure.error is None:
-                raise
-            raise failure.error from failure.cause
+            self._core.raise_caller_failure(exc)
+            raise
 
     # -- schema ----------------------------------------------------------------------------------
 
@@ -461,24 +385,13 @@ class SQLWorkerRepository:
     def stale_running_workers(
         self, ip: str, hostname: str | None, seen_before: datetime
     ) -> Sequence[Worker]:
-        if hostname is None:
-            return self._workers(
-                "reading stale running workers", "stale_ip", {"ip": ip, "before": seen_before}
-            )
-        return self._workers(
-            "reading stale running workers",
-            "stale_ip_host",
-            {"ip": ip, "host": hostname, "before": seen_before},
-        )
+        query, params = self._core.stale_query(ip, hostname, seen_before)
+        return self._workers("reading stale running workers", query, params)
 
     def running_assignments_of(self, worker_ids: Collection[str]) -> Sequence[Assignment]:
-        storable = self._core.t.storable_worker_id
-        ids = [i for i in dict.fromkeys(worker_ids) if storable(i)]
-        cached = self._core.cached_running(current_unit(self), ids)
-        if cached is not None:
-            return cached
-        if not ids:
-            return []
+        ids, known = self._core.running_lookup(current_unit(self), worker_ids)
+        if known is not None:
+            return known
         return self._read(
             "reading running assignments",
             lambda unit: self._core.running_assignments_of(unit, ids),
@@ -494,9 +407,6 @@ class SQLWorkerRepository:
         return self._read("reading all assignments", self._core.all_assignments)
 
     # -- writes ----------------------------------------------------------------------------------
-
-    def new_worker_id(self) -> str:
-        return self._core.id_factory()
 
     def write(self, writes: Iterable[Write]) -> None:
         ops = list(writes)
@@ -519,20 +429,11 @@ class SQLWorkerRepository:
             return fn()
         if self._binding is not None:
             return self._caller_unit(fn)
-        policy = self.retry
         core = self._core
-        # The request locks (docs/stores.md, "Contention"): taken before the unit begins and
-        # given back after it ends, by a claim from the start, by any other request once it
-        # finds it reads the recent running workers or after a conflict.
-        wanted = core.lock_names(applying())
-        names: frozenset[str] | None = None
-        if wanted is not None:
-            names = wanted if RUNNING_LOCK in wanted else frozenset()
         with self._locked():
-            started = policy.clock()
-            attempt = 0
+            runs = Runs(core, self.retry, applying())
             while True:
-                attempt += 1
+                attempt = runs.start()
                 try:
                     conn = self.engine.connect()
                 except SQLAlchemyError as exc:
@@ -542,10 +443,10 @@ class SQLWorkerRepository:
                 try:
                     committing = False
                     try:
-                        if names:
+                        if runs.locks:
                             locked = True
-                            core.acquire(conn, names)
-                        with entered(self, Unit(conn, locks=names)):
+                            core.acquire(conn, runs.locks)
+                        with entered(self, Unit(conn, locks=runs.locks)):
                             conn.begin()
                             result = fn()
                             committing = True
@@ -556,19 +457,11 @@ class SQLWorkerRepository:
                         # from the start (nothing was written yet) holding the request's own
                         # locks and the recent running workers' lock.
                         end_unwritten(conn)
-                        assert names is not None
-                        assert wanted is not None
-                        names = names | wanted | {RUNNING_LOCK}
+                        runs.needs_lock()
                         rerun = True
                     except BaseException as exc:
                         quiet_rollback(conn)
-                        failure = core.failure(
-                            exc,
-                            committing=committing,
-                            attempt=attempt,
-                            started=started,
-                            policy=policy,
-                        )
+                        failure = runs.failure(exc, committing=committing)
                         if failure is None:
                             raise  # fn's own exception, or a StorageError of the library's
                         if failure.error is not None:
@@ -579,9 +472,9 @@ class SQLWorkerRepository:
                         pause = failure.pause
                 finally:
                     if locked:
-                        assert names is not None
+                        assert runs.locks is not None
                         try:
-                            core.release(conn, names)
+                            core.release(conn, runs.locks)
                         except Exception:
                             # The server gives a session's locks back when it ends.
                             with contextlib.suppress(Exception):
@@ -589,19 +482,16 @@ class SQLWorkerRepository:
                     with contextlib.suppress(Exception):
                         conn.close()
                 if rerun:
-                    attempt -= 1
                     with self._retries_lock:
                         self._reruns += 1
                     continue
-                # A conflict: the connection is back in the pool while we wait; the next run
-                # takes the request's locks.
+                # A conflict: the connection is back in the pool while we wait.
                 assert pause is not None
-                if names is not None and wanted is not None:
-                    names = names | wanted
+                runs.conflicted()
                 with self._retries_lock:
                     self._retries += 1
                 retried(self._backend)
-                policy.sleep(pause)
+                runs.policy.sleep(pause)
 
     # -- the hot request ---------------------------------------------------------------------------
 
