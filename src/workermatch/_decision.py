@@ -1993,6 +1993,20 @@ def _settle(
         # this request comes from.
         return []
     if not ending:
+        # A claim made at this address since the end may be the candidate's machine's next
+        # session (batch mode): then this request is that session's, not the candidate's.
+        claims = [
+            w.id
+            for w in (yield from _by_ip(identity.ip, ctx.live_since))
+            if w.hostname is None and w.status is WorkerStatus.RUNNING and w.created_at > held.at
+        ]
+        if claims:
+            notes.append(
+                f"{worker_id}'s machine may not have been heard from since the end held among "
+                f"{', '.join(held.candidates)}: {', '.join(sorted(claims))}, claimed at this "
+                "address since, may be its next session"
+            )
+            return []
         out.worker(evolve_valid(out.workers[worker_id], held_end=None))
     why = "it ended on its own" if ending else "its machine was heard from since"
     notes.append(f"{worker_id} did not send the end held among {', '.join(held.candidates)}: {why}")

@@ -1356,6 +1356,24 @@ class TestSessionEnd:
         assert (worker(repo, "a").held_end, worker(repo, "b").held_end) == (None, None)
         assert "a did not send the end held among a, b" in out.explain()
 
+    def test_a_heartbeat_that_may_open_the_next_session_settles_nothing(self) -> None:
+        # Two machines behind one NAT address, hostnames known; one finishes (held), a claim
+        # follows at the address 5 s later, and pc-a's heartbeat comes 16 s after the end:
+        # pc-a's run going on, or pc-a's next run (batch mode) whose GUI has just started?
+        repo = new_repo()
+        ip = "192.0.2.1"
+        seed(repo, "a", ip, hostname="pc-a", created=-900, seen=-2, running="A1", hostname_seen=-10)
+        seed(repo, "b", ip, hostname="pc-b", created=-600, seen=-3, running="A2", hostname_seen=-3)
+        add_assignment(repo, "A3")
+        held = wm.apply_event(wm.Event.gui_update(ip, "finished"), NOW, repo)
+        assert held.held == ("a", "b")
+        wm.apply_event(wm.Event.claim(ip, "A3"), at(5), repo)
+        out = wm.apply_event(wm.Event.heartbeat(ip, hostname="pc-a"), at(16), repo)
+        assert (out.worker.id, out.ended, out.settled) == ("a", (), ())
+        assert "may be its next session" in out.explain()
+        assert {assignment(repo, aid).status for aid in ("A1", "A2")} == {A.RUNNING}
+        assert worker(repo, "b").held_end is not None
+
     def test_as_many_ends_as_candidates_end_them_all(self) -> None:
         repo = self.nat()
         wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
