@@ -699,9 +699,10 @@ class Worker:
     machine's hostname stream (the real client's heartbeats), which requests without hostname
     cannot prove."""
     contested: tuple[str, ...] = attrs.field(default=(), converter=_c_contested)
-    """The candidates among which this worker was last chosen without evidence to separate them
-    (itself included, sorted); empty when it never was.  Decisions that land on a contested
-    worker say so, and an alert is raised only when the set changes."""
+    """The candidates of every doubt this worker was in, chosen or passed over, without
+    evidence to separate them (itself included, sorted): the union of those doubts; empty when
+    it never was.  Decisions that land on a contested worker say so, and an alert is raised
+    only for a doubt whose candidates were not all together in an earlier one."""
     held_end: HeldEnd | None = attrs.field(default=None, converter=_c_held_end)
     """A session end that this worker's machine may have asked for, held for want of evidence
     (:class:`HeldEnd`); every candidate of it carries the same value."""
