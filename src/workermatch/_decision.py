@@ -1801,8 +1801,9 @@ _ALERT_ORDER = [
 def _contest(decision: Decision, out: _Writes, alerts: list[Alert]) -> Ask[None]:
     """A worker adopted under doubt: it and the candidates it could not be told apart from are
     contested (whoever adopts one of the others later inherits the doubt, and an end among
-    them is held until as many ends are asked as there are candidates).  An alert is raised
-    once per new set of candidates."""
+    them is held until as many ends are asked as there are candidates); each keeps the union
+    of its doubts.  An alert is raised when the candidates were not all together in one of the
+    winner's earlier doubts."""
     assert decision.worker is not None
     doubt = tuple(sorted(decision.doubt))
     read = {w.id: w for w in decision.outranked}
