@@ -1737,9 +1737,19 @@ def _request(
         else {}
     )
     evidence = ending and ctx.guarded(Guard.EVIDENCE)
+    senders = _senders(decision, ctx) if evidence and not decision.ambiguous else ()
     if ending and evidence and decision.ambiguous:
         # Which machine sent it is in doubt.
         held, done = yield from _hold(ctx, decision.doubt, "request", status, out, notes, known)
+    elif ending and evidence and len(senders) > 1:
+        # Only the work it holds puts the worker first: a machine whose work went elsewhere
+        # still sends its end.
+        others = ", ".join(w for w in senders if w != worker.id)
+        notes.append(
+            f"{worker.id} ranks above {others} only by the work it holds: a machine whose work "
+            "was placed elsewhere still sends its end, so the end may be theirs"
+        )
+        held, done = yield from _hold(ctx, senders, "request", status, out, notes, known)
     elif ending and evidence and len(worker.contested) > 1:
         # The sender is known, but which of the contested claims is its own is not.
         held, done = yield from _hold(
@@ -1775,6 +1785,22 @@ def _request(
         alert=min(alerts, key=_ALERT_ORDER.index) if alerts else None,
         notes=tuple(notes),
     )
+
+
+def _senders(decision: Decision, ctx: _Ctx) -> tuple[str, ...]:
+    """The candidates that may have sent a session end placed without doubt: those that the
+    evidence, the work they hold aside, cannot separate from the chosen worker."""
+    if decision.worker is None or not decision.outranked:
+        return ()
+    ranking = ctx.rules.ranking
+    picks = [i for i, c in enumerate(ranking) if c.is_evidence and c is not Criterion.HOLDS_RUNNING]
+    if len(picks) == sum(c.is_evidence for c in ranking):
+        return ()  # the work held is no evidence in this table
+    ranked = _rank([decision.worker, *decision.outranked], ctx)
+    key = {w.id: k for w, k in ranked}
+    part = itemgetter(*picks) if picks else (lambda _: ())
+    best = part(key[decision.worker.id])
+    return tuple(w.id for w, k in ranked if part(k) == best)
 
 
 def _hint_refused(decision: Decision) -> bool:

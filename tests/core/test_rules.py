@@ -1374,6 +1374,24 @@ class TestSessionEnd:
         assert {assignment(repo, aid).status for aid in ("A1", "A2")} == {A.RUNNING}
         assert worker(repo, "b").held_end is not None
 
+    def test_an_end_is_not_given_to_a_machine_only_for_the_work_it_holds(self) -> None:
+        # Two live streams at one address (a VPN handed b's machine a's address); b's claim was
+        # adopted elsewhere, so only a holds work.  A finished from the address may be b's.
+        repo = new_repo()
+        ip = "192.0.2.1"
+        seed(repo, "a", ip, hostname="pc-a", created=-900, seen=-2, running="A1", hostname_seen=-5)
+        seed(repo, "b", ip, hostname="pc-b", created=-600, seen=-3, hostname_seen=-8)
+        out = wm.apply_event(wm.Event.gui_update(ip, "finished"), NOW, repo)
+        assert (out.worker.id, out.ambiguous, out.ended, out.held) == ("a", False, (), ("a", "b"))
+        assert out.alert is wm.Alert.END_HELD
+        assert "a ranks above b only by the work it holds" in out.explain()
+        assert assignment(repo, "A1").status is A.RUNNING
+        # a's machine goes on (its heartbeat, past the grace): the end was b's, and A1 runs on.
+        later = wm.apply_event(wm.Event.heartbeat(ip, hostname="pc-a"), at(25), repo)
+        assert later.ended == ()
+        assert assignment(repo, "A1").status is A.RUNNING
+        assert worker(repo, "b").ended_at == NOW
+
     def test_as_many_ends_as_candidates_end_them_all(self) -> None:
         repo = self.nat()
         wm.apply_event(wm.Event.gui_update("192.0.2.1", "finished"), NOW, repo)
