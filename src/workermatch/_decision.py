@@ -1789,8 +1789,13 @@ def _request(
 
 def _senders(decision: Decision, ctx: _Ctx) -> tuple[str, ...]:
     """The candidates that may have sent a session end placed without doubt: those that the
-    evidence, the work they hold aside, cannot separate from the chosen worker."""
-    if decision.worker is None or not decision.outranked:
+    evidence, the work they hold aside, cannot separate from the chosen worker (a hint names
+    its sender: then none)."""
+    if (
+        decision.worker is None
+        or not decision.outranked
+        or decision.rule in (Rule.WORKER_ID, Rule.ASSIGNMENT)
+    ):
         return ()
     ranking = ctx.rules.ranking
     picks = [i for i, c in enumerate(ranking) if c.is_evidence and c is not Criterion.HOLDS_RUNNING]
