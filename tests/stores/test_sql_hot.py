@@ -218,20 +218,33 @@ def _check(repo: SQLWorkerRepository, ops: list[Write], event: wm.Event, policy:
     return True
 
 
+def _run_cases(
+    repo: SQLWorkerRepository,
+    make: Callable[[random.Random], tuple[list[Write], wm.Event, wm.Policy]],
+    rnd: random.Random,
+    cases: int,
+) -> tuple[int, int]:
+    """Check ``cases`` drawn cases on ``repo``: how many the hot statement took and declined."""
+    taken = declined = 0
+    for _ in range(cases):
+        try:
+            case = make(rnd)
+        except wm.InvalidInput:
+            continue  # a combination the model refuses
+        if _check(repo, *case):
+            taken += 1
+        else:
+            declined += 1
+    return taken, declined
+
+
 def test_the_hot_statement_decides_as_the_full_unit(store_factory: StoreFactory) -> None:
     repo = store_factory()
     assert isinstance(repo, SQLWorkerRepository)
     hot = repo.engine.dialect.name == "postgresql"
     assert _check(repo, *_hot_case()) is hot
-    rnd = random.Random(20251106)
-    taken = 0
     cases = 600 if hot else 20
-    for _ in range(cases):
-        try:
-            case = _case(rnd)
-        except wm.InvalidInput:
-            continue  # a combination the model refuses
-        taken += _check(repo, *case)
+    taken, _ = _run_cases(repo, _case, random.Random(20251106), cases)
     if hot:
         assert taken >= cases // 20, taken  # the cases reach the hot statement
     else:
@@ -245,18 +258,8 @@ def test_the_hot_statement_decides_as_the_full_unit_near_the_hot_request(
     repo = store_factory()
     assert isinstance(repo, SQLWorkerRepository)
     hot = repo.engine.dialect.name == "postgresql"
-    rnd = random.Random(20251130)
-    taken = declined = 0
     cases = 800 if hot else 20
-    for _ in range(cases):
-        try:
-            case = _near_hot_case(rnd)
-        except wm.InvalidInput:
-            continue  # a combination the model refuses
-        if _check(repo, *case):
-            taken += 1
-        else:
-            declined += 1
+    taken, declined = _run_cases(repo, _near_hot_case, random.Random(20251130), cases)
     if hot:
         assert taken >= cases // 5, (taken, declined)
         assert declined >= cases // 5, (taken, declined)
