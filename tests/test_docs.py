@@ -6,13 +6,16 @@ import contextlib
 import importlib.util
 import io
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import workermatch as wm
 from workermatch._cli import main as cli_main
+from workermatch.simulation import CANDIDATE_POLICIES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -33,6 +36,17 @@ def test_the_worked_example_in_how_it_decides_prints_what_the_page_shows() -> No
     with contextlib.redirect_stdout(out):
         exec(compile(code, "docs/how-it-decides.md", "exec"), {"__name__": "worked_example"})
     assert out.getvalue() == expected
+
+
+def test_the_clones_policy_in_tuning_is_the_measured_rank_newest_candidate() -> None:
+    page = (DOCS / "tuning.md").read_text(encoding="utf-8")
+    code = textwrap.dedent(code_block_after(page, "<!-- clones-policy -->"))
+    scope: dict[str, Any] = {"__name__": "clones_policy"}
+    exec(compile(code, "docs/tuning.md", "exec"), scope)
+    measured = CANDIDATE_POLICIES["rank-newest"]
+    policy = scope["policy"]
+    assert attrs.evolve(policy.rules, name=measured.rules.name) == measured.rules
+    assert policy.evolve(name=measured.name, rules=measured.rules) == measured
 
 
 @pytest.mark.parametrize("policy", sorted(wm.POLICIES))
